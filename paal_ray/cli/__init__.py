@@ -1,0 +1,1 @@
+"""The ``paal`` command line. Each area registers its own commands (data, runs, query)."""

@@ -1,0 +1,238 @@
+"""Typed configuration: pydantic models loaded from YAML, every field overridable from the CLI.
+
+A run is described by one ``RunConfig``. YAML files may start from a packaged preset
+(``extends: cpu``) or from another file (``extends: ../base.yaml``); ``--set a.b=value`` overrides
+any field after loading (values parsed as YAML, so ``--set budget.rounds=3`` is an int).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BudgetConfig(_Strict):
+    """Labelling budget as fractions of the training pool (paper section 4.1)."""
+
+    init_ratio: float = Field(0.05, gt=0, le=1, description="labelled at start (seeded random)")
+    max_ratio: float = Field(0.10, gt=0, le=1, description="labelled when the budget is spent")
+    rounds: int = Field(5, ge=1, description="number of queries T")
+
+    def per_round(self, n_train: int) -> int:
+        """b = floor((floor(max% N) - floor(init% N)) / T)."""
+        return (int(self.max_ratio * n_train) - int(self.init_ratio * n_train)) // self.rounds
+
+    def initial_count(self, n_train: int) -> int:
+        return max(1, int(self.init_ratio * n_train))
+
+
+class StrategyConfig(_Strict):
+    name: str = "paal"
+    params: dict[str, Any] = Field(default_factory=dict, description="strategy-specific parameters")
+
+
+class ScheduleConfig(_Strict):
+    """When a round ends: incremental querying (IQ, PAAL) or a fixed interval (baselines)."""
+
+    mode: Literal["iq", "fixed"] = "iq"
+    iq_patience: int = 10
+    iq_min_delta: float = 1e-3
+    fixed_warmup: int = 10
+    fixed_interval: int = 5
+    early_stop_patience: int = 40
+    max_epochs: int = 400
+    max_epochs_per_round: int | None = Field(None, description="safety cap on one round's epochs")
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    elastic_p: float = 0.5
+    elastic_alpha: float = 34.0
+    elastic_sigma: float = 4.0
+    rotations: list[float] = Field(default_factory=lambda: [-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0])
+    vflip_p: float = 0.5
+    salt_pepper_p: float = 0.1
+    salt_pepper_amount: float = 0.01
+
+
+class ModelConfig(_Strict):
+    encoder: str = Field("resnet50", description="smp encoder name, or 'plain_unet' for the light CPU model")
+    encoder_depth: int = 5
+    base_width: int = Field(8, description="plain_unet: channels of the first level")
+    decoder_dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the decoder (MC dropout)")
+    ap_arch: str = "resnet18"
+    ap_dropout: float = 0.5
+    image_size: int | None = Field(None, description="slices are resized to this on load; None: as stored")
+
+
+class TrainConfig(_Strict):
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    ap_lr: float = 1e-3
+    ap_weight_decay: float = 1e-4
+    ap_silent_epochs: int = 5
+    warmup_epochs: int = 10
+    schedule_epochs: int = Field(400, description="the global cosine schedule reaches min_lr here")
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.1
+    samples_per_epoch: int | None = Field(None, description="None: one pass over the labelled set")
+    mixed_precision: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    val_batch_size: int = 128
+
+
+class ScalingSettings(_Strict):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    score_actors: int = Field(1, ge=1, description="Ray Data actors that score the pool")
+    score_batch_size: int = 256
+    max_failures: int = Field(2, description="Ray Train worker restarts allowed per round")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray cluster address; None: RAY_ADDRESS, else local")
+    num_cpus: int | None = None
+    object_store_memory: int | None = Field(1_000_000_000, description="local cluster only")
+
+
+class CVConfig(_Strict):
+    fold: int = 0
+    num_folds: int = 5
+
+    @field_validator("num_folds")
+    @classmethod
+    def _at_least_two(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("num_folds must be at least 2")
+        return v
+
+
+class OracleConfig(_Strict):
+    kind: Literal["simulated", "human"] = "simulated"
+    inbox: str | None = Field(None, description="human oracle: folder where annotators drop masks")
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    workspace: str = "workspace"
+    pool: str = Field(..., description="pool folder written by `paal ingest`")
+    seed: int = 0
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+    log_ap_health: bool = Field(True, description="log Pearson r of AP vs actual Dice on unlabelled slices")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the source and the field."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("paal_ray.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
+    src = str(source)
+    if src in preset_names():
+        text = resources.files("paal_ray.presets").joinpath(f"{src}.yaml").read_text()
+        base_dir = None
+        where = f"preset '{src}'"
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise ConfigError(f"{src}: no such config file and no such preset (presets: {', '.join(preset_names())})")
+        text = path.read_text()
+        base_dir = path.parent
+        where = str(path)
+    if where in _seen:
+        raise ConfigError(f"{where}: 'extends' cycle through {' -> '.join(_seen)}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_src = str(parent)
+    if base_dir is not None and parent_src not in preset_names() and not Path(parent_src).is_absolute():
+        parent_src = str(base_dir / parent_src)
+    return deep_merge(_read_yaml(parent_src, _seen + (where,)), data)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example budget.rounds=3")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = deep_merge({}, data)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def build_config(data: dict, where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"{where}: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def load_config(source: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file or packaged preset, apply ``--set`` overrides, validate."""
+    data = apply_overrides(_read_yaml(source), overrides)
+    return build_config(data, where=str(source))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

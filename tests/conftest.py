@@ -1,0 +1,75 @@
+"""Shared fixtures. One local Ray cluster per test session (explicit CPUs, capped object store,
+no dashboard); fixtures that build pools are session-scoped so the suite stays fast on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+ACDC = REPO.parent / "shared" / "data" / "acdc"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The test session's one local Ray. 4 logical CPUs on 2 cores: Ray Train's 2 workers plus
+    headroom for Ray Data, which otherwise stalls behind them."""
+    import ray
+
+    from paal_ray.cluster import connect
+
+    connect(None, num_cpus=4, object_store_memory=400_000_000)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def acdc_dir() -> Path:
+    if not ACDC.is_dir():
+        pytest.skip(f"real ACDC data not found at {ACDC}")
+    return ACDC
+
+
+def make_blob_pool(path: Path, *, cases: int = 6, slices: int = 8, size: int = 32, channels: int = 1,
+                   num_classes: int = 3, seed: int = 0) -> Path:
+    """A tiny pool of bright discs on noise, written directly (no ingest): for unit tests of
+    training and querying that must not depend on the ingest code."""
+    import json
+
+    from paal_ray.data.pool import MANIFEST, SLICES_DIR, encode_slice_row, write_pool_shard
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    (path / SLICES_DIR).mkdir(parents=True)
+    rows = []
+    for c in range(cases):
+        for z in range(slices):
+            label = np.zeros((size, size), np.uint8)
+            for k in range(1, num_classes):
+                if rng.random() < 0.8:
+                    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                    r = rng.integers(size // 10, size // 5)
+                    label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
+            image = (label[None].astype(np.float32) / num_classes + rng.normal(0, 0.1, (channels, size, size)))
+            image = np.clip(image, 0, 1).astype(np.float16)
+            rows.append(encode_slice_row(case_id=f"case{c:03d}", patient_id=f"case{c:03d}", slice_index=z,
+                                         image=image, label=label, num_classes=num_classes))
+    write_pool_shard(rows, path / SLICES_DIR / "part-00000.parquet")
+    (path / MANIFEST).write_text(json.dumps({
+        "num_cases": cases, "num_volumes": cases, "num_slices": len(rows),
+        "class_names": ["background"] + [f"c{k}" for k in range(1, num_classes)],
+        "channels": channels, "image_size": size, "layout": "blobs",
+    }))
+    return path
+
+
+@pytest.fixture(scope="session")
+def blob_pool(tmp_path_factory) -> Path:
+    return make_blob_pool(tmp_path_factory.mktemp("blob") / "pool")
