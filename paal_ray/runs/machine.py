@@ -1,0 +1,349 @@
+"""The active-learning run as a persisted state machine.
+
+    init -> { train -> query -> annotate -> ingest } x T -> final -> done
+
+Each step reads what it needs from the run folder, does its work, writes its outputs atomically
+and only then advances ``state.json``; a run killed anywhere (kill -9 included) resumes from the
+last finished step. Steps are idempotent: training re-runs the same Ray Train round (same
+storage path and name: Ray Train resumes it), a query whose result was written is reused, label
+ingest sets (not appends) the round's selection. The trainer, the query engine and the strategy
+registry are injected, so the loop can be tested with small fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paal_ray.atomic import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from paal_ray.config import RunConfig, dump_config, load_config
+from paal_ray.data.pool import Pool
+from paal_ray.query.api import QueryRequest, QueryResult
+from paal_ray.runs.oracle import make_oracle
+from paal_ray.runs.splits import derive_seed, initial_set, patient_fold_split
+from paal_ray.runs.state import Labelled, RunPaths, RunState, RunStateError
+from paal_ray.training.api import RoundResult, RoundSpec
+
+TrainFn = Callable[[RoundSpec], RoundResult]
+QueryFn = Callable[[QueryRequest], QueryResult]
+Hook = Callable[[str, RunState], None]
+
+# Purposes mixed into derived seeds, so the initial set, training and queries draw independently.
+_SEED_INIT, _SEED_TRAIN, _SEED_QUERY = 101, 202, 303
+
+
+class BudgetError(ValueError):
+    """The budget leaves nothing to query (b = 0) or asks for more than the pool holds."""
+
+
+@dataclass
+class Services:
+    """What the loop drives; defaults are the real Ray Train round and query engine."""
+
+    train: TrainFn | None = None
+    query: QueryFn | None = None
+    strategy: Callable[..., Any] | None = None  # strategies.get(name, **params)
+
+    def resolved(self) -> Services:
+        train, query, strategy = self.train, self.query, self.strategy
+        if train is None:
+            from paal_ray.training import train_round as train
+        if query is None:
+            from paal_ray.query import run_query as query
+        if strategy is None:
+            from paal_ray.query.strategies import get as strategy
+        return Services(train=train, query=query, strategy=strategy)
+
+
+@dataclass
+class Outcome:
+    status: str  # "done" | "waiting" | "stopped"
+    state: RunState
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_root(cfg: RunConfig) -> Path:
+    return (Path(cfg.workspace) / cfg.name).absolute()
+
+
+def _apply_model_overrides(cfg: RunConfig, strategy_obj: Any) -> RunConfig:
+    overrides = dict(getattr(strategy_obj, "model_overrides", None) or {})
+    if not overrides:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=overrides)}, deep=True)
+
+
+class RunMachine:
+    def __init__(self, root: str | Path, cfg: RunConfig, *, services: Services | None = None,
+                 hook: Hook | None = None, echo: Callable[[str], None] = print):
+        self.paths = RunPaths(Path(root).absolute())
+        self.services = (services or Services()).resolved()
+        self.strategy_obj = self.services.strategy(cfg.strategy.name, **cfg.strategy.params)
+        self.cfg = _apply_model_overrides(cfg, self.strategy_obj)
+        self.hook = hook or (lambda point, state: None)
+        self.echo = echo
+        self.pool = Pool.open(self.cfg.pool)
+        self.oracle = make_oracle(self.cfg.oracle.kind, self.pool, self.paths, self.cfg.oracle.inbox)
+        self.state = RunState.load(self.paths) if self.paths.state.is_file() else None
+
+    # -- creating and opening -------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: RunConfig, root: str | Path | None = None, **kwargs) -> RunMachine:
+        root = Path(root).absolute() if root else run_root(cfg)
+        paths = RunPaths(root)
+        if paths.state.exists() or paths.config.exists():
+            raise FileExistsError(f"{root}: a run already exists there; continue it with `paal run --resume {root}` "
+                                  f"or choose another name (--set name=...)")
+        root.mkdir(parents=True, exist_ok=True)
+        machine = cls(root, cfg, **kwargs)
+        # The effective config (strategy model overrides applied) is what resume reads back.
+        atomic_write_text(paths.config, dump_config(machine.cfg))
+        return machine
+
+    @classmethod
+    def open(cls, root: str | Path, **kwargs) -> RunMachine:
+        paths = RunPaths(Path(root).absolute())
+        if not paths.config.is_file():
+            raise RunStateError(f"{paths.config}: missing; {paths.root} is not a run folder")
+        return cls(paths.root, load_config(paths.config), **kwargs)
+
+    # -- driving --------------------------------------------------------------------------------
+    def run(self, max_steps: int | None = None) -> Outcome:
+        steps = 0
+        while True:
+            phase = self.state.phase if self.state else "init"
+            if phase == "done":
+                return Outcome("done", self.state, f"run finished: final Dice {_fmt(self.state.final_dice)}")
+            if max_steps is not None and steps >= max_steps:
+                return Outcome("stopped", self.state, f"stopped before {phase}")
+            waiting = getattr(self, f"_step_{phase}")()
+            steps += 1
+            self.hook(f"after:{phase}", self.state)
+            if waiting is not None:
+                return Outcome("waiting", self.state, waiting)
+
+    def _save(self, **changes) -> None:
+        for k, v in changes.items():
+            setattr(self.state, k, v)
+        self.state.save(self.paths)
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        import json
+
+        data = json.loads(self.paths.split.read_text())
+        return data["train_ids"], data["val_ids"]
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _step_init(self) -> None:
+        cfg = self.cfg
+        split = patient_fold_split(self.pool.index(["slice_id", "patient_id"]), cfg.cv.fold, cfg.cv.num_folds)
+        n_train = len(split.train_ids)
+        b = cfg.budget.per_round(n_train)
+        if b < 1:
+            raise BudgetError(f"budget: b = floor((floor({cfg.budget.max_ratio} x {n_train}) - floor("
+                              f"{cfg.budget.init_ratio} x {n_train})) / {cfg.budget.rounds}) = {b}; raise "
+                              f"budget.max_ratio or lower budget.rounds")
+        n_init = cfg.budget.initial_count(n_train)
+        total = n_init + cfg.budget.rounds * b
+        if total > n_train:
+            raise BudgetError(f"budget: {total} slices asked for, the training pool holds {n_train}")
+        initial = initial_set(split.train_ids, n_init, derive_seed(cfg.seed, cfg.cv.fold, _SEED_INIT))
+        from paal_ray.provenance import versions
+
+        atomic_write_json(self.paths.versions, versions())
+        atomic_write_json(self.paths.split, {"fold": cfg.cv.fold, "num_folds": cfg.cv.num_folds,
+                                             "val_patients": split.val_patients, "train_ids": split.train_ids,
+                                             "val_ids": split.val_ids})
+        Labelled(initial=initial).save(self.paths)
+        self.oracle.prepare(initial, split.val_ids)
+        self.state = RunState(
+            name=cfg.name, strategy=cfg.strategy.name, fold=cfg.cv.fold, rounds=cfg.budget.rounds, per_round=b,
+            n_train=n_train, budget=total, round=0, phase="train", labeled_count=len(initial),
+        )
+        self.state.save(self.paths)
+        self.echo(f"[init] {self.paths.root}: {n_train} training slices ({len(split.val_ids)} validation, fold "
+                  f"{cfg.cv.fold}/{cfg.cv.num_folds}); {len(initial)} labelled, {cfg.budget.rounds} rounds of "
+                  f"{b}, budget {total}; strategy {cfg.strategy.name}, oracle {cfg.oracle.kind}")
+
+    def _round_spec(self, phase: str, name: str, train_ids: list[str], val_ids: list[str], seed: int,
+                    pseudo_ids: list[str]) -> RoundSpec:
+        return RoundSpec(
+            pool_path=self.oracle.training_pool(), train_ids=train_ids, val_ids=val_ids, phase=phase,
+            storage_path=str(self.paths.train_storage), name=name, config=self.cfg,
+            in_channels=self.pool.channels, num_classes=self.pool.num_classes, seed=seed,
+            init_checkpoint=self.state.checkpoint, extension=getattr(self.strategy_obj, "training_extension", None),
+            pseudo_ids=pseudo_ids,
+        )
+
+    def _train(self, r: int, phase: str, name: str, result_path: Path) -> RoundResult:
+        if result_path.is_file():  # trained before a crash that came before the state update
+            import json
+
+            return RoundResult(**json.loads(result_path.read_text()))
+        train_ids, val_ids = self._split()
+        labelled = Labelled.load(self.paths).all()
+        pseudo: list[str] = []
+        if r > 0 and self.paths.query_result(r - 1).is_file():
+            import json
+
+            pseudo = json.loads(self.paths.query_result(r - 1).read_text()).get("pseudo_ids", [])
+        self.echo(f"[{name}] training on {len(labelled)} labelled slices ({phase} phase)")
+        spec = self._round_spec(phase, name, labelled, val_ids, derive_seed(self.cfg.seed, self.cfg.cv.fold,
+                                                                            _SEED_TRAIN, r), pseudo)
+        result = self.services.train(spec)
+        atomic_write_json(result_path, asdict(result))
+        return result
+
+    def _log_epochs(self, r: int, phase: str, result: RoundResult) -> None:
+        seen = {(m.get("kind"), m.get("round"), m.get("epoch")) for m in read_jsonl(self.paths.metrics)}
+        for e in result.epochs:
+            rec = {
+                "kind": "epoch", "round": r, "phase": phase, "epoch": e.get("global_epoch"),
+                "labeled_count": self.state.labeled_count, "val_dice": e.get("val_dice"),
+                "val_dice_per_class": e.get("val_dice_per_class"), "ap_error": e.get("val_ap_mae"),
+                "train_loss": e.get("train_loss"), "ap_loss": e.get("ap_loss"), "lr": e.get("lr"),
+                "seconds": e.get("seconds"),
+            }
+            self.echo(f"  epoch {rec['epoch']:>4}  loss {_fmt(rec['train_loss'])}  val Dice {_fmt(rec['val_dice'])}"
+                      f"  AP err {_fmt(rec['ap_error'])}")
+            if ("epoch", r, rec["epoch"]) not in seen:
+                append_jsonl(self.paths.metrics, rec)
+
+    def _append_once(self, rec: dict) -> None:
+        key = (rec["kind"], rec["round"], rec.get("epoch"))
+        if key not in {(m.get("kind"), m.get("round"), m.get("epoch")) for m in read_jsonl(self.paths.metrics)}:
+            append_jsonl(self.paths.metrics, rec)
+
+    def _step_train(self) -> None:
+        r = self.state.round
+        result = self._train(r, "query", f"round-{r:03d}", self.paths.train_result(r))
+        self._log_epochs(r, "query", result)
+        last = result.epochs[-1] if result.epochs else {}
+        self.echo(f"[round {r}] trained to epoch {result.global_epoch} (stopped by {result.stopped_by}); "
+                  f"val Dice {_fmt(last.get('val_dice'))}")
+        self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
+                   phase="query")
+
+    def _step_query(self) -> None:
+        import json
+
+        r = self.state.round
+        out = self.paths.query_result(r)
+        if out.is_file() and self.paths.selection(r).is_file():
+            chosen = json.loads(out.read_text())["slice_ids"]
+        else:
+            train_ids, _ = self._split()
+            labelled = Labelled.load(self.paths).all()
+            taken = set(labelled)
+            unlabelled = [s for s in train_ids if s not in taken]
+            b = min(self.state.per_round, len(unlabelled))
+            self.echo(f"[round {r}] querying {b} of {len(unlabelled)} unlabelled slices ({self.cfg.strategy.name})")
+            req = QueryRequest(
+                pool_path=str(self.pool.path), unlabelled_ids=unlabelled, labelled_ids=labelled,
+                checkpoint=self.state.checkpoint, strategy=self.cfg.strategy, budget=b,
+                seed=derive_seed(self.cfg.seed, self.cfg.cv.fold, _SEED_QUERY, r),
+                out_path=str(self.paths.selection(r)), image_size=self.cfg.model.image_size,
+                scaling=self.cfg.scaling, round_index=r,
+                compute_true_dice=self.cfg.oracle.kind == "simulated" and self.cfg.log_ap_health,
+            )
+            self.paths.round_dir(r).mkdir(parents=True, exist_ok=True)
+            result = self.services.query(req)
+            chosen = list(result.slice_ids)
+            _check_selection(chosen, set(unlabelled), b, r)
+            atomic_write_json(out, {
+                "slice_ids": chosen, "table_path": result.table_path, "timings": result.timings,
+                "kmeans_backend": result.kmeans_backend, "ap_pearson": result.ap_pearson,
+                "ap_pearson_per_class": result.ap_pearson_per_class, "pseudo_ids": list(result.pseudo_ids),
+                "extra": result.extra,
+            })
+            self.echo(f"[round {r}] selected {len(chosen)} slices in {_fmt(result.timings.get('total_s'), 1)} s"
+                      f"; AP Pearson r {_fmt(result.ap_pearson)}")
+        self.hook("query:selected", self.state)
+        self._save(phase="annotate")
+
+    def _step_annotate(self) -> str | None:
+        import json
+
+        r = self.state.round
+        chosen = json.loads(self.paths.query_result(r).read_text())["slice_ids"]
+        outcome = self.oracle.annotate(r, chosen)
+        if not outcome.done:
+            self._save(waiting_for=outcome.waiting_for)
+            self.echo(f"[round {r}] {outcome.message}")
+            return outcome.message
+        self.echo(f"[round {r}] {outcome.message}")
+        self._save(waiting_for=None, phase="ingest")
+        return None
+
+    def _step_ingest(self) -> None:
+        import json
+
+        r = self.state.round
+        query = json.loads(self.paths.query_result(r).read_text())
+        chosen = query["slice_ids"]
+        labelled = Labelled.load(self.paths)
+        earlier = set(labelled.initial).union(*(set(v) for k, v in labelled.rounds.items() if k != r))
+        twice = earlier.intersection(chosen)
+        if twice:
+            raise RunStateError(f"{self.paths.query_result(r)}: slices already labelled in an earlier round: "
+                                f"{sorted(twice)[:5]}")
+        labelled.rounds[r] = chosen  # set, not append: re-ingesting after a crash changes nothing
+        labelled.save(self.paths)
+        self.hook("ingest:labelled", self.state)
+        self.oracle.ingest(r)
+        train = json.loads(self.paths.train_result(r).read_text())
+        last = train["epochs"][-1] if train["epochs"] else {}
+        trained_on = len(labelled.all()) - len(chosen)
+        self._append_once({
+            "kind": "round", "round": r, "epoch": train["global_epoch"], "labeled_count": trained_on,
+            "labeled_after": len(labelled.all()), "selected": len(chosen), "val_dice": last.get("val_dice"),
+            "val_dice_per_class": last.get("val_dice_per_class"), "ap_error": last.get("val_ap_mae"),
+            "ap_pearson": query.get("ap_pearson"), "query_s": (query.get("timings") or {}).get("total_s"),
+            "stopped_by": train["stopped_by"],
+        })
+        nxt = r + 1
+        self.echo(f"[round {r}] done: {trained_on} -> {len(labelled.all())} labelled "
+                  f"(budget {self.state.budget}); val Dice {_fmt(last.get('val_dice'))}")
+        self._save(round=nxt, labeled_count=len(labelled.all()),
+                   phase="train" if nxt < self.state.rounds else "final")
+
+    def _step_final(self) -> None:
+        r = self.state.rounds
+        result = self._train(r, "final", "final", self.paths.root / "final.json")
+        self._log_epochs(r, "final", result)
+        final_epochs = [e for e in result.epochs if e.get("val_dice") is not None]
+        best = max(final_epochs, key=lambda e: e["val_dice"]) if final_epochs else {}
+        final = best.get("val_dice", result.best_score)
+        self._append_once({
+            "kind": "final", "round": r, "epoch": result.global_epoch, "labeled_count": self.state.labeled_count,
+            "val_dice": final, "val_dice_per_class": best.get("val_dice_per_class"),
+            "ap_error": best.get("val_ap_mae"), "stopped_by": result.stopped_by,
+            "checkpoint": result.best_checkpoint or result.checkpoint,
+        })
+        self.echo(f"[final] {self.state.labeled_count} labelled, epoch {result.global_epoch} "
+                  f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}")
+        self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
+                   final_dice=final, phase="done")
+
+
+def _check_selection(chosen: list[str], unlabelled: set[str], b: int, r: int) -> None:
+    """The query engine's answer must be b distinct slices from the unlabelled pool."""
+    if len(set(chosen)) != len(chosen):
+        raise RunStateError(f"round {r}: the query returned duplicate slices")
+    outside = [s for s in chosen if s not in unlabelled]
+    if outside:
+        raise RunStateError(f"round {r}: the query returned slices that are not unlabelled: {outside[:5]}")
+    if len(chosen) != b:
+        raise RunStateError(f"round {r}: the query returned {len(chosen)} slices, {b} were asked for")
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(x)

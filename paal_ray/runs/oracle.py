@@ -1,0 +1,261 @@
+"""Oracles: who labels the selected slices.
+
+``simulated``: the pool's own masks (the paper's setting); nothing to do.
+``human``: the selected slices are exported for annotators (NIfTI + PNG + manifest.json) to
+``RUN/rounds/NNN/annotate/``; the run stops in ``annotate`` until a mask for every slice is in the
+inbox (``oracle.inbox`` or ``RUN/rounds/NNN/inbox``). Masks are validated by ``validate_mask``
+(shared with the upload endpoint to come) and stored as pool rows in ``RUN/labels/``, from which
+``RUN/train-pool/`` (the pool training reads in this mode) is assembled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from paal_ray.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+from paal_ray.data.pool import MANIFEST, SLICE_SCHEMA, SLICES_DIR, Pool, encode_slice_row
+from paal_ray.runs.state import RunPaths
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".png", ".npy")
+
+
+class MaskError(ValueError):
+    """An annotator's mask is unusable; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AnnotateOutcome:
+    done: bool
+    message: str
+    waiting_for: str | None = None  # the inbox folder, while masks are missing
+
+
+class Oracle(Protocol):
+    kind: str
+
+    def annotate(self, round_index: int, slice_ids: list[str]) -> AnnotateOutcome: ...
+
+    def training_pool(self) -> str: ...
+
+    def ingest(self, round_index: int) -> None: ...
+
+
+def safe_name(slice_id: str) -> str:
+    """File stem for a slice: ``case/0007`` -> ``case__0007``."""
+    return slice_id.replace("/", "__")
+
+
+def validate_mask(mask: np.ndarray, *, shape: tuple[int, int], num_classes: int, source: str) -> np.ndarray:
+    """Check an annotator's mask and return it as uint8 [H, W].
+
+    Accepts [H, W] or [H, W, 1]; values must be whole numbers in 0..num_classes-1. Raises
+    ``MaskError`` naming ``source`` (the file) and the problem.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise MaskError(f"{source}: expected a 2D mask of shape {list(shape)}, got shape {list(np.shape(mask))}")
+    if tuple(arr.shape) != tuple(shape):
+        raise MaskError(f"{source}: mask shape {list(arr.shape)} does not match the slice's shape {list(shape)}")
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise MaskError(f"{source}: mask values must be whole class indices, got dtype {arr.dtype} with fractional values")
+    values = np.unique(arr)
+    bad = [v for v in values.tolist() if not 0 <= v < num_classes]
+    if bad:
+        raise MaskError(f"{source}: class values {bad[:5]} outside 0..{num_classes - 1} "
+                        f"({num_classes} classes, background = 0)")
+    return arr.astype(np.uint8)
+
+
+def read_mask_file(path: Path) -> np.ndarray:
+    """A mask from .nii/.nii.gz, .png (grey levels = class indices) or .npy."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return np.asarray(nib.load(str(path)).dataobj)
+        if name.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode not in ("L", "P", "I", "I;16"):
+                    raise MaskError(f"{path}: PNG mode {im.mode}; save masks as single-channel grey levels = class indices")
+                return np.asarray(im)
+        if name.endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+    except MaskError:
+        raise
+    except Exception as e:  # a corrupt or truncated file: say which one
+        raise MaskError(f"{path}: cannot be read as a mask ({type(e).__name__}: {e})") from e
+    raise MaskError(f"{path}: unsupported mask format (use one of {', '.join(MASK_SUFFIXES)})")
+
+
+def find_mask(inbox: Path, slice_id: str) -> Path | None:
+    stem = safe_name(slice_id)
+    for suffix in MASK_SUFFIXES:
+        p = inbox / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _decode(row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    image = np.frombuffer(row["image"], dtype=np.dtype(row["image_dtype"])).reshape(tuple(row["image_shape"]))
+    label = None
+    if row["label"] is not None:
+        label = np.frombuffer(row["label"], dtype=np.dtype(row["label_dtype"])).reshape(tuple(row["label_shape"]))
+    return image, label
+
+
+def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path) -> Path:
+    """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json."""
+    import nibabel as nib
+    from PIL import Image
+
+    table = pool.read_slices(slice_ids, columns=["slice_id", "image", "image_dtype", "image_shape"])
+    entries = []
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        for row in table.to_pylist():
+            image = np.frombuffer(row["image"], dtype=np.dtype(row["image_dtype"])).reshape(tuple(row["image_shape"]))
+            stem = safe_name(row["slice_id"])
+            hwc = np.transpose(image.astype(np.float32), (1, 2, 0))
+            nib.save(nib.Nifti1Image(hwc, np.eye(4)), str(tmp / f"{stem}.nii.gz"))
+            grey = np.clip(image[0].astype(np.float32), 0, 1)
+            Image.fromarray((grey * 255).round().astype(np.uint8), mode="L").save(tmp / f"{stem}.png")
+            entries.append({"slice_id": row["slice_id"], "image_nifti": f"{stem}.nii.gz", "image_png": f"{stem}.png",
+                            "mask": f"{stem}.nii.gz | {stem}.png | {stem}.npy", "shape": list(image.shape[1:])})
+        atomic_write_json(tmp / "manifest.json", {
+            "round": round_index, "class_names": pool.class_names, "num_classes": pool.num_classes,
+            "inbox": str(inbox),
+            "instructions": "Save one mask a slice into the inbox, named as in 'mask', same height and width "
+                            "as the image, values = class indices (0 = background). Then run `paal run --resume RUN`.",
+            "slices": entries,
+        })
+    return out_dir
+
+
+class SimulatedOracle:
+    """Labels come from the pool's masks (the paper's setting)."""
+
+    kind = "simulated"
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    def annotate(self, round_index: int, slice_ids: list[str]) -> AnnotateOutcome:
+        return AnnotateOutcome(done=True, message=f"{len(slice_ids)} labels taken from the pool")
+
+    def training_pool(self) -> str:
+        return str(self.pool.path)
+
+    def prepare(self, labelled_ids: list[str], val_ids: list[str]) -> None:
+        pass
+
+    def ingest(self, round_index: int) -> None:
+        pass
+
+
+class HumanOracle:
+    """Annotators label exported slices; the run waits for their masks in an inbox folder."""
+
+    kind = "human"
+
+    def __init__(self, pool: Pool, paths: RunPaths, inbox: str | None = None):
+        self.pool = pool
+        self.paths = paths
+        self.inbox_setting = inbox
+
+    def inbox(self, round_index: int) -> Path:
+        if self.inbox_setting:
+            return Path(self.inbox_setting).absolute()
+        return self.paths.round_dir(round_index) / "inbox"
+
+    def export_dir(self, round_index: int) -> Path:
+        return self.paths.round_dir(round_index) / "annotate"
+
+    def labels_file(self, round_index: int) -> Path:
+        return self.paths.labels / f"round-{round_index:03d}.parquet"
+
+    def prepare(self, labelled_ids: list[str], val_ids: list[str]) -> None:
+        """Start the training pool from the pool's own labelled rows (initial set + validation)."""
+        table = self.pool.read_slices(list(labelled_ids) + list(val_ids))
+        missing = [s for s, lab in zip(table.column("slice_id").to_pylist(), table.column("label").to_pylist(),
+                                       strict=True) if lab is None]
+        if missing:
+            raise MaskError(f"{self.pool.path}: the human oracle needs the initial set and the validation fold labelled "
+                            f"in the pool; {len(missing)} slices have no label, e.g. {missing[:3]}")
+        with atomic_directory(self.paths.train_pool, overwrite=True) as tmp:
+            (tmp / SLICES_DIR).mkdir()
+            pq.write_table(table.cast(SLICE_SCHEMA), str(tmp / SLICES_DIR / "part-base.parquet"))
+            manifest = dict(self.pool.manifest)
+            manifest.update(num_slices=table.num_rows, derived_from=str(self.pool.path))
+            atomic_write_json(tmp / MANIFEST, manifest)
+
+    def annotate(self, round_index: int, slice_ids: list[str]) -> AnnotateOutcome:
+        if self.labels_file(round_index).is_file():
+            return AnnotateOutcome(done=True, message="labels already collected")
+        inbox = self.inbox(round_index)
+        export = self.export_dir(round_index)
+        if not (export / "manifest.json").is_file():
+            export_for_annotation(self.pool, slice_ids, export, round_index, inbox)
+        inbox.mkdir(parents=True, exist_ok=True)
+        found = {s: find_mask(inbox, s) for s in slice_ids}
+        missing = [s for s, p in found.items() if p is None]
+        if missing:
+            return AnnotateOutcome(
+                done=False, waiting_for=str(inbox),
+                message=f"waiting for {len(missing)} of {len(slice_ids)} masks: slices exported to {export}, "
+                        f"drop masks into {inbox} (e.g. {safe_name(missing[0])}.png), then `paal run --resume "
+                        f"{self.paths.root}`",
+            )
+        rows = self.pool.read_slices(slice_ids).to_pylist()
+        errors, out = [], []
+        for row in rows:
+            image, _ = _decode(row)
+            try:
+                mask = validate_mask(read_mask_file(found[row["slice_id"]]), shape=tuple(image.shape[1:]),
+                                     num_classes=self.pool.num_classes, source=str(found[row["slice_id"]]))
+            except MaskError as e:
+                errors.append(str(e))
+                continue
+            out.append(encode_slice_row(case_id=row["case_id"], patient_id=row["patient_id"],
+                                        slice_index=row["slice_index"], image=image, label=mask,
+                                        num_classes=self.pool.num_classes))
+        if errors:
+            raise MaskError(f"{len(errors)} of {len(rows)} masks rejected (fix them and resume):\n  " + "\n  ".join(errors))
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(out, schema=SLICE_SCHEMA), buf)
+        atomic_write_bytes(self.labels_file(round_index), buf.getvalue())
+        return AnnotateOutcome(done=True, message=f"{len(out)} masks accepted from {inbox}")
+
+    def training_pool(self) -> str:
+        return str(self.paths.train_pool)
+
+    def ingest(self, round_index: int) -> None:
+        """Add the round's labelled rows to the training pool (idempotent: same name, same bytes)."""
+        src = self.labels_file(round_index)
+        atomic_write_bytes(self.paths.train_pool / SLICES_DIR / f"part-round-{round_index:03d}.parquet", src.read_bytes())
+        manifest_path = self.paths.train_pool / MANIFEST
+        manifest = json.loads(manifest_path.read_text())
+        files = sorted((self.paths.train_pool / SLICES_DIR).glob("*.parquet"))
+        manifest["num_slices"] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        atomic_write_json(manifest_path, manifest)
+
+
+def make_oracle(kind: str, pool: Pool, paths: RunPaths, inbox: str | None = None):
+    if kind == "simulated":
+        return SimulatedOracle(pool)
+    if kind == "human":
+        return HumanOracle(pool, paths, inbox)
+    raise ValueError(f"oracle.kind={kind!r}: expected 'simulated' or 'human'")
