@@ -80,12 +80,12 @@ class RunMachine:
     def __init__(self, root: str | Path, cfg: RunConfig, *, services: Services | None = None,
                  hook: Hook | None = None, echo: Callable[[str], None] = print):
         self.paths = RunPaths(Path(root).absolute())
+        self.pool = Pool.open(cfg.pool)  # first: a wrong path is the likeliest mistake
         self.services = (services or Services()).resolved()
         self.strategy_obj = self.services.strategy(cfg.strategy.name, **cfg.strategy.params)
         self.cfg = _apply_model_overrides(cfg, self.strategy_obj)
         self.hook = hook or (lambda point, state: None)
         self.echo = echo
-        self.pool = Pool.open(self.cfg.pool)
         self.oracle = make_oracle(self.cfg.oracle.kind, self.pool, self.paths, self.cfg.oracle.inbox)
         self.state = RunState.load(self.paths) if self.paths.state.is_file() else None
 

@@ -62,6 +62,16 @@ def fake_strategy(name: str, **params):
                            model_overrides=params.get("model_overrides", {}))
 
 
+def small_cfg(pool: Path, workspace: Path, **over):
+    """CPU preset on a tiny pool: 32 training slices at fold 0, init 3, two rounds of 6."""
+    from paal_ray.config import load_config
+
+    sets = [f"pool={pool}", f"workspace={workspace}", "name=r", "budget.init_ratio=0.1", "budget.max_ratio=0.5",
+            "budget.rounds=2", "strategy.name=fake"]
+    sets += [f"{k}={v}" for k, v in over.items()]
+    return load_config("cpu", sets)
+
+
 def fake_services():
     from paal_ray.runs.machine import Services
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fakes import FakeQuery, FakeTrainer, fake_services, fake_strategy
+from fakes import FakeQuery, FakeTrainer, fake_services, fake_strategy, small_cfg
 
 from paal_ray.atomic import read_jsonl
 from paal_ray.config import load_config
@@ -19,13 +19,6 @@ from paal_ray.runs.machine import BudgetError, RunMachine, Services
 from paal_ray.runs.state import Labelled, RunPaths, RunState
 
 HERE = Path(__file__).parent
-
-
-def small_cfg(pool: Path, workspace: Path, **over):
-    sets = [f"pool={pool}", f"workspace={workspace}", "name=r", "budget.init_ratio=0.1", "budget.max_ratio=0.5",
-            "budget.rounds=2", "strategy.name=fake"]
-    sets += [f"{k}={v}" for k, v in over.items()]
-    return load_config("cpu", sets)
 
 
 def labelled_of(root: Path) -> list[str]:
