@@ -73,3 +73,28 @@ def make_blob_pool(path: Path, *, cases: int = 6, slices: int = 8, size: int = 3
 @pytest.fixture(scope="session")
 def blob_pool(tmp_path_factory) -> Path:
     return make_blob_pool(tmp_path_factory.mktemp("blob") / "pool")
+
+
+def make_phantom_pool(path: Path, *, cases: int = 10, modalities: int = 1, classes: int = 4, size: int = 64,
+                      slices: int = 16, seed: int = 0, image_size: int | None = 64, layout: str = "msd",
+                      kind: str = "mr") -> Path:
+    """phantoms -> ingest: a pool of realistic synthetic slices (nested and separate structures,
+    one class in few slices, empty slices), built by the product's own code path. Needs Ray:
+    request the ``ray_session`` fixture. The phantom source is written beside ``path``."""
+    from paal_ray.data.ingest import IngestOptions, ingest
+    from paal_ray.data.phantoms import PhantomSpec, write_phantoms
+
+    path = Path(path)
+    src = path.parent / f"{path.name}-source"
+    spec = PhantomSpec(cases=cases, modalities=modalities, classes=classes, size=size, slices=slices, seed=seed,
+                       kind=kind)
+    write_phantoms(src, spec, layout=layout)
+    ingest(src, path, IngestOptions(layout=layout, size=image_size))
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_pool(ray_session, tmp_path_factory) -> Path:
+    """10 cases x 16 slices = 160 slices of 1 x 64 x 64 (MR), 4 classes: background, organ,
+    core (nested in the organ), lesion (small, in few slices). Built once per session."""
+    return make_phantom_pool(tmp_path_factory.mktemp("phantom") / "pool")

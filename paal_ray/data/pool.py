@@ -8,7 +8,8 @@ Layout of a pool folder::
 Row schema (``SLICE_SCHEMA``): ``slice_id`` is stable (``"<case_id>/<slice_index:04d>"``); images are
 stored as raw bytes of a C-contiguous array (``image_dtype``, ``image_shape`` = [C, H, W], float16
 in [0, 1] after normalisation); labels likewise (``label_dtype`` uint8, ``label_shape`` = [H, W]),
-null for an unlabelled slice; ``present`` holds one flag per class, background included.
+null for an unlabelled slice; ``present`` holds one flag per class, background included, and
+``pixels`` the pixel count of each class (null in pools written before the column existed).
 
 Public API: ``Pool.open(path)``, ``pool.index()`` (metadata only, no image bytes read),
 ``pool.dataset(slice_ids)`` (a streaming Ray Dataset), ``pool.read_slices(ids)`` (small local reads),
@@ -42,6 +43,7 @@ SLICE_SCHEMA = pa.schema(
         ("label_dtype", pa.string()),
         ("label_shape", pa.list_(pa.int32())),
         ("present", pa.list_(pa.bool_())),
+        ("pixels", pa.list_(pa.int64())),
     ]
 )
 META_COLUMNS = ["slice_id", "case_id", "patient_id", "slice_index", "present"]
@@ -75,6 +77,7 @@ def encode_slice_row(
         "label_dtype": None,
         "label_shape": None,
         "present": None,
+        "pixels": None,
     }
     if label is not None:
         label = np.ascontiguousarray(label.astype(np.uint8, copy=False))
@@ -82,6 +85,7 @@ def encode_slice_row(
         row.update(
             label=label.tobytes(), label_dtype="uint8", label_shape=list(label.shape),
             present=[bool(c > 0) for c in counts[:num_classes]],
+            pixels=[int(c) for c in counts[:num_classes]],
         )
     return row
 
