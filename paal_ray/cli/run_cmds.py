@@ -15,7 +15,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from paal_ray.runs.splits import SplitError
     from paal_ray.runs.state import RunStateError
 
-    return (BudgetError, MaskError, SplitError, RunStateError)
+    extra: tuple[type[BaseException], ...] = (BudgetError, MaskError, SplitError, RunStateError)
+    try:  # the query and training areas' own "bad input" errors
+        from paal_ray.query.strategies.base import StrategyError
+        from paal_ray.training.round import RoundSpecError
+
+        extra += (StrategyError, RoundSpecError)
+    except ImportError:
+        pass
+    return extra
 
 
 def run(
