@@ -58,6 +58,7 @@ def run_query(req: QueryRequest) -> QueryResult:
     with_labelled = bool(strategy.needs_labelled) and bool(labelled)
     scores: dict[str, np.ndarray] = {}
     lab_scores: dict[str, np.ndarray] = {}
+    stream: dict[str, float] = {}
     t0 = time.perf_counter()
     if needs and candidates:
         ids = candidates + (labelled if with_labelled else [])
@@ -65,6 +66,7 @@ def run_query(req: QueryRequest) -> QueryResult:
                             **{k: v for k, v in strategy.scoring_options.items() if k == "mc_passes"})
         table = score_pool(req.pool_path, ids, req.checkpoint, opts, scaling=req.scaling)
         n = len(candidates)
+        stream = table.stats
         scores = {k: v[:n] for k, v in table.scores.items()}
         if with_labelled:
             lab_scores = {k: v[n:] for k, v in table.scores.items() if k in strategy.needs_labelled}
@@ -91,7 +93,7 @@ def run_query(req: QueryRequest) -> QueryResult:
         slice_ids=chosen, table_path=str(req.out_path), timings=timings, kmeans_backend=ctx.backend_used,
         ap_pearson=pearson, ap_pearson_per_class=per_class,
         pseudo_ids=[candidates[i] for i in sel.pseudo_indices],
-        extra={"strategy": strategy.name, "num_candidates": len(candidates), **sel.extra},
+        extra={"strategy": strategy.name, "num_candidates": len(candidates), "scoring_stream": stream, **sel.extra},
     )
 
 

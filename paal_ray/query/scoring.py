@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,9 +50,11 @@ def _binary_chunk_view(chunk, what: str, sid_hint: str) -> tuple[np.ndarray, np.
     return data, offsets
 
 
-def fixed_arrays(table, column: str, dtype_col: str, shape_col: str) -> np.ndarray:
-    """[B, *shape] array of a binary tensor column, a zero-copy view when the batch is one chunk
-    of equally shaped slices (the common case); falls back to a per-row decode otherwise."""
+def fixed_arrays(table, column: str, dtype_col: str, shape_col: str, as_chunks: bool = False):
+    """[B, *shape] array of a binary tensor column: zero-copy views on the Arrow buffers (all
+    slices of a batch must share dtype and shape). A batch that spans several Arrow chunks is
+    concatenated, or with ``as_chunks`` returned as a list of views so the caller can copy each
+    straight to the device."""
     import pyarrow.compute as pc
 
     n = table.num_rows
@@ -76,7 +79,9 @@ def fixed_arrays(table, column: str, dtype_col: str, shape_col: str) -> np.ndarr
             raise ScoringError(f"column {column}: byte lengths do not match shape {shape} x {dtype} (batch at slice {sid0})")
         parts.append(data[offsets[0] : offsets[-1]].view(dtype).reshape((len(chunk), *shape)))
     if not parts:
-        return np.zeros((0, *shape), dtype)
+        parts = [np.zeros((0, *shape), dtype)]
+    if as_chunks:
+        return parts
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -165,14 +170,24 @@ class ScoreComputer:
         return self.torch.from_numpy(masks).to(self.device)
 
     # ---- one batch ----
-    def _prepare(self, images: np.ndarray):
+    def _prepare(self, images: np.ndarray | list[np.ndarray]):
+        """Host arrays (one, or a list of chunks) -> one float32 device tensor, converted and resized
+        on the device; each chunk is copied once, straight into place."""
         torch = self.torch
         import torch.nn.functional as F
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffer: we never write to it
-            x = torch.from_numpy(images)
-        x = x.to(self.device, non_blocking=False).float()
+        chunks = images if isinstance(images, list) else [images]
+        total = sum(len(c) for c in chunks)
+        x = torch.empty((total, *chunks[0].shape[1:]), dtype=torch.float32, device=self.device)
+        start = 0
+        for c in chunks:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffer: we never write to it
+                src = torch.from_numpy(c)
+            if self.cuda:
+                src = src.to(self.device)  # stored dtype over the bus (float16: half the bytes)
+            x[start : start + len(c)].copy_(src)
+            start += len(c)
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         if self.cuda:
@@ -191,13 +206,23 @@ class ScoreComputer:
             y = F.interpolate(y[:, None].float(), size=(self.image_size,) * 2, mode="nearest")[:, 0].long()
         return y
 
-    def score(self, images: np.ndarray, slice_ids: list[str], labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def score(self, images: np.ndarray | list[np.ndarray], slice_ids: list[str],
+              labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """[B, C, H, W] images as stored (any float dtype, host memory; or a list of such chunks)
+        -> score columns as numpy."""
+        with self.torch.inference_mode():
+            x = self._prepare(images)
+            out = self.score_tensor(x, slice_ids, labels)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def score_tensor(self, x, slice_ids: list[str], labels: np.ndarray | None = None) -> dict[str, Any]:
+        """The model work alone, on an already prepared device tensor (the benchmark's model-only
+        figure times exactly this). Returns device tensors."""
         torch = self.torch
         needs = self.needs
         out: dict[str, Any] = {}
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
         with torch.inference_mode(), amp:
-            x = self._prepare(images)
             if needs & _DETERMINISTIC_KEYS:
                 self._local.mc_mask = None
                 res = self.seg.forward_features(x)
@@ -205,7 +230,7 @@ class ScoreComputer:
                 self._deterministic_scores(x, res, probs, out, labels)
             if {"mc_probs", "bald_pixel"} & needs:
                 self._mc_scores(x, slice_ids, out)
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return out
 
     def _deterministic_scores(self, x, res, probs, out, labels):
         torch = self.torch
@@ -283,7 +308,7 @@ class ScoreActor:
         import torch
 
         ids = batch.column("slice_id").to_pylist()
-        images = fixed_arrays(batch, "image", "image_dtype", "image_shape")
+        images = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
         labels = fixed_arrays(batch, "label", "label_dtype", "label_shape") if self.with_labels else None
         if self.computer.cuda:
             stream = getattr(self._local, "stream", None)
@@ -302,6 +327,9 @@ class ScoreActor:
 class ScoreTable:
     slice_ids: list[str]  # in the order the caller asked for
     scores: dict[str, np.ndarray]  # each [N, ...], row i belongs to slice_ids[i]
+    # wall_s: the whole pass; first_batch_s: until the first scores arrived (actor start, model
+    # load, first read); stream_rate: slices/s after that (the pipeline's steady state).
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, options: ScoreOptions, *,
@@ -319,7 +347,7 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
     columns = IMAGE_COLUMNS + (LABEL_COLUMNS if "true_dice" in options.needs else [])
     ds = pool.dataset(ids, columns=columns)
     use_gpu = bool(scaling.use_gpu)
-    threads = getattr(scaling, "score_threads", None)
+    threads = None if use_gpu else scaling.score_threads
     ds = ds.map_batches(
         ScoreActor,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options, "use_gpu": use_gpu,
@@ -338,6 +366,8 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
         num_cpus=1,
     )
     n = len(ids)
+    t0 = time.perf_counter()
+    t_first, first_rows = None, 0
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
     done, next_log = 0, log_every
@@ -353,10 +383,15 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
             raise ScoringError("score_pool: a slice was scored twice (duplicate slice ids in the pool?)")
         seen[rows] = True
         done += len(rows)
+        if t_first is None:
+            t_first, first_rows = time.perf_counter(), len(rows)
         if n and done / n >= next_log:
             log.info("scored %d / %d slices", done, n)
             next_log += log_every
     if not seen.all():
         missing = [ids[i] for i in np.flatnonzero(~seen)[:5]]
         raise ScoringError(f"{pool.path}: {int((~seen).sum())} requested slices are not in the pool, e.g. {missing}")
-    return ScoreTable(slice_ids=ids, scores=out)
+    t_end = time.perf_counter()
+    stats = {"wall_s": t_end - t0, "first_batch_s": (t_first or t_end) - t0,
+             "stream_rate": (done - first_rows) / (t_end - t_first) if t_first and t_end > t_first else 0.0}
+    return ScoreTable(slice_ids=ids, scores=out, stats=stats)

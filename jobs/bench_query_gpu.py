@@ -1,0 +1,213 @@
+"""GPU benchmark for the device machine (one H100/H200): query throughput and torch KMeans time.
+
+In one run:
+  1. writes a synthetic pool to local disk (default 16,384 slices of 4 x 256 x 256 float16, the
+     Brain Tumour format; 8 GiB, uncompressed Parquet) and a random-init ResNet-50 U-Net + AP bundle;
+  2. model-only throughput: the scoring computation (segmenter + softmax + AP + pooled 2048-d
+     features, bf16 autocast, channels_last, batch 256) on batches already on the GPU;
+  3. end-to-end throughput: run_query("paal") through Ray Data (reading Parquet, decoding,
+     host-to-device copies, the actor pool, KMeans, polling, writing the table), reported as the
+     whole query and as the scoring stream's steady-state rate (after the first batch; the actor's
+     start and CUDA warm-up are a fixed cost that a 66k-slice pool amortises);
+  4. KMeans, torch backend, on 66,512 x 2048 features with K = 11 (cuML too when installed).
+
+Prints a table at the end. Goals: end to end >= 90% of model-only and >= 4,000 slices/s; KMeans
+< 1 s. Usage: ``python jobs/bench_query_gpu.py [--slices 16384] [--workdir /tmp/paal-gpu-bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+RESULTS: list[tuple[str, str]] = []
+
+
+def report(name: str, value: str) -> None:
+    RESULTS.append((name, value))
+    print(f"  {name}: {value}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp") + "/paal-gpu-bench")
+    p.add_argument("--slices", type=int, default=16_384)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--shard-slices", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--model-batches", type=int, default=30, help="timed batches for the model-only figure")
+    p.add_argument("--kmeans-n", type=int, default=66_512)
+    p.add_argument("--kmeans-d", type=int, default=2048)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: model,e2e,kmeans")
+    return p.parse_args(argv)
+
+
+def write_pool(path: Path, n: int, size: int, channels: int, classes: int, shard_slices: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from paal_ray.data.pool import MANIFEST, SLICE_SCHEMA, SLICES_DIR
+
+    rng = np.random.default_rng(0)
+    bank = [rng.random((channels, size, size), dtype=np.float32).astype(np.float16).tobytes() for _ in range(16)]
+    (path / SLICES_DIR).mkdir(parents=True, exist_ok=True)
+
+    def shard(k: int) -> None:
+        lo, hi = k * shard_slices, min((k + 1) * shard_slices, n)
+        ids = [f"case{i // 155:04d}/{i % 155:04d}" for i in range(lo, hi)]
+        m = hi - lo
+        table = pa.table({
+            "slice_id": ids, "case_id": [s.split("/")[0] for s in ids], "patient_id": [s.split("/")[0] for s in ids],
+            "slice_index": pa.array([i % 155 for i in range(lo, hi)], pa.int32()),
+            "image": pa.array([bank[i % 16] for i in range(lo, hi)], pa.binary()),
+            "image_dtype": ["float16"] * m, "image_shape": pa.array([[channels, size, size]] * m, pa.list_(pa.int32())),
+            "label": pa.nulls(m, pa.binary()), "label_dtype": pa.nulls(m, pa.string()),
+            "label_shape": pa.nulls(m, pa.list_(pa.int32())), "present": pa.nulls(m, pa.list_(pa.bool_())),
+        }, schema=SLICE_SCHEMA)
+        pq.write_table(table, str(path / SLICES_DIR / f"part-{k:05d}.parquet"), compression="none")
+
+    shards = (n + shard_slices - 1) // shard_slices
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(shard, range(shards)))
+    (path / MANIFEST).write_text(json.dumps({
+        "num_slices": n, "channels": channels, "image_size": size, "layout": "bench",
+        "class_names": ["background"] + [f"c{k}" for k in range(1, classes)],
+    }))
+
+
+def model_only(args, ckpt: Path) -> float:
+    import torch
+
+    from paal_ray.models import load_model_bundle
+    from paal_ray.query.scoring import ScoreComputer, ScoreOptions
+
+    comp = ScoreComputer(load_model_bundle(ckpt), ScoreOptions(needs=frozenset({"pred_acc", "features"})), device="cuda")
+    x = torch.rand(args.batch_size, args.channels, args.size, args.size, device="cuda").half().float()
+    x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(5):
+        comp.score_tensor(x, [])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.model_batches):
+        out = comp.score_tensor(x, [])
+        _ = {k: v.float().cpu() for k, v in out.items()}  # the results come back to the host, as in the query
+    torch.cuda.synchronize()
+    rate = args.model_batches * args.batch_size / (time.perf_counter() - t0)
+    del comp, x
+    torch.cuda.empty_cache()
+    return rate
+
+
+def end_to_end(args, pool: Path, ckpt: Path, work: Path) -> tuple[float, float, dict]:
+    from paal_ray.cluster import connect
+    from paal_ray.config import ScalingSettings, StrategyConfig
+    from paal_ray.data.pool import Pool
+    from paal_ray.query import QueryRequest, run_query
+
+    connect(None, num_cpus=os.cpu_count(), object_store_memory=24 * 2**30)
+    ids = Pool.open(pool).slice_ids()
+    labelled = ids[::200]  # 0.5% labelled, as Brain Tumour's initial set
+    lab = set(labelled)
+    unlabelled = [s for s in ids if s not in lab]
+    req = QueryRequest(
+        pool_path=str(pool), unlabelled_ids=unlabelled, labelled_ids=labelled, checkpoint=str(ckpt),
+        strategy=StrategyConfig(name="paal"), budget=299, seed=0, out_path=str(work / "selection.parquet"),
+        scaling=ScalingSettings(use_gpu=True, score_actors=args.actors, score_batch_size=args.batch_size),
+    )
+    res = run_query(req)
+    n = len(unlabelled)
+    stream = res.extra.get("scoring_stream", {})
+    return n / res.timings["total_s"], stream.get("stream_rate", 0.0), {"n": n, **res.timings, **stream,
+                                                                         "backend": res.kmeans_backend}
+
+
+def bench_kmeans(args) -> None:
+    import torch
+
+    from paal_ray.query.clustering import cuml_available, kmeans
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (11, args.kmeans_d)).astype(np.float32)
+    x = centres[rng.integers(0, 11, args.kmeans_n)] + rng.normal(0, 0.5, (args.kmeans_n, args.kmeans_d)).astype(np.float32)
+    kmeans(x[:2048], 11, seed=0, backend="torch", n_init=1)  # CUDA warm-up
+    torch.cuda.synchronize()
+    for n_init in (1, 10):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            kmeans(x, 11, seed=0, backend="torch", n_init=n_init)
+            times.append(time.perf_counter() - t0)
+        report(f"kmeans torch {args.kmeans_n}x{args.kmeans_d} K=11 n_init={n_init} (incl. host->GPU copy)",
+               f"{min(times):.3f} s best, {np.median(times):.3f} s median (goal < 1 s)")
+    if cuml_available():
+        t0 = time.perf_counter()
+        kmeans(x, 11, seed=0, backend="cuml", n_init=1)
+        report("kmeans cuml n_init=1", f"{time.perf_counter() - t0:.3f} s")
+    else:
+        report("kmeans cuml", "not installed")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    skip = set(filter(None, args.skip.split(",")))
+    import torch
+
+    from paal_ray.models import ModelSpec, save_model_bundle
+
+    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    work = Path(args.workdir)
+    pool, ckpt = work / "pool", work / "ckpt"
+    torch.manual_seed(0)
+    spec = ModelSpec(in_channels=args.channels, num_classes=args.classes, encoder="resnet50", image_size=args.size)
+    seg, ap = spec.build()
+    save_model_bundle(ckpt, spec, seg, ap)
+    del seg, ap
+
+    if "kmeans" not in skip:
+        print("kmeans ...", flush=True)
+        try:
+            bench_kmeans(args)
+        except Exception as e:  # report and go on: the other figures are still worth having
+            report("kmeans", f"FAILED: {type(e).__name__}: {e}")
+    model_rate = None
+    if "model" not in skip:
+        print("model only ...", flush=True)
+        try:
+            model_rate = model_only(args, ckpt)
+            report(f"model-only scoring (bf16, channels_last, batch {args.batch_size})", f"{model_rate:,.0f} slices/s")
+        except Exception as e:
+            report("model-only", f"FAILED: {type(e).__name__}: {e}")
+    if "e2e" not in skip:
+        t0 = time.perf_counter()
+        shutil.rmtree(pool, ignore_errors=True)
+        write_pool(pool, args.slices, args.size, args.channels, args.classes, args.shard_slices)
+        print(f"pool written: {args.slices:,} slices in {time.perf_counter() - t0:.1f}s", flush=True)
+        try:
+            e2e_rate, stream_rate, detail = end_to_end(args, pool, ckpt, work)
+            report("end-to-end query (whole run_query, incl. actor start)", f"{e2e_rate:,.0f} slices/s")
+            report("end-to-end scoring stream, steady state", f"{stream_rate:,.0f} slices/s")
+            if model_rate:
+                report("steady-state / model-only", f"{stream_rate / model_rate:.2f} (goal >= 0.90)")
+            report("detail", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in detail.items()}))
+        except Exception as e:
+            report("end-to-end", f"FAILED: {type(e).__name__}: {e}")
+        shutil.rmtree(pool, ignore_errors=True)
+
+    print("\n=== query benchmark (GPU) ===")
+    for name, value in RESULTS:
+        print(f"{name:<75} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The model side of scoring, without Ray: decoding, every score key, MC dropout, BADGE, LPL."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from paal_ray.data.pool import SLICE_SCHEMA, decode_images, encode_slice_row
+from paal_ray.models import ModelSpec, load_model_bundle, save_model_bundle
+from paal_ray.models.loss_prediction import LossPredictionHead
+from paal_ray.query.scoring import ScoreComputer, ScoreOptions, ScoringError, fixed_arrays
+
+C, K, S = 2, 3, 32
+
+
+def _table(n=6, seed=0, size=S):
+    rng = np.random.default_rng(seed)
+    rows = [encode_slice_row(case_id="c", patient_id="c", slice_index=i,
+                             image=rng.random((C, size, size)).astype(np.float16),
+                             label=rng.integers(0, K, (size, size)), num_classes=K) for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=SLICE_SCHEMA)
+
+
+def _bundle(tmp_path, dropout=0.0, lpl=False):
+    torch.manual_seed(0)
+    spec = ModelSpec(in_channels=C, num_classes=K, encoder="plain_unet", encoder_depth=2, base_width=4,
+                     decoder_dropout=dropout, ap_arch="resnet18")
+    seg, ap = spec.build()
+    with torch.no_grad():  # a fresh init gives near-zero logits; scale up so outputs vary visibly
+        for m in seg.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.mul_(3)
+    ext = {}
+    if lpl:
+        head = LossPredictionHead(seg.stage_channels, hidden=8)
+        ext["lpl"] = {"state_dict": head.state_dict(), "hidden": 8}
+    folder = tmp_path / f"b{dropout}{lpl}"
+    save_model_bundle(folder, spec, seg, ap, extensions=ext)
+    return folder
+
+
+def test_fixed_arrays_is_a_zero_copy_view_matching_decode_images():
+    t = _table()
+    arr = fixed_arrays(t, "image", "image_dtype", "image_shape")
+    assert arr.dtype == np.float16 and arr.shape == (6, C, S, S)
+    data_buffer = np.frombuffer(t.column("image").chunks[0].buffers()[2], np.uint8)
+    assert np.shares_memory(arr, data_buffer)  # a view on the Arrow buffer, not a copy
+    np.testing.assert_array_equal(arr.astype(np.float32), decode_images(t.to_pydict()))
+    sliced = t.slice(2, 3)  # offsets into a shared buffer
+    np.testing.assert_array_equal(fixed_arrays(sliced, "image", "image_dtype", "image_shape"), arr[2:5])
+    two_chunks = pa.concat_tables([t.slice(0, 2), t.slice(2)])
+    np.testing.assert_array_equal(fixed_arrays(two_chunks, "image", "image_dtype", "image_shape"), arr)
+    parts = fixed_arrays(two_chunks, "image", "image_dtype", "image_shape", as_chunks=True)
+    assert [len(p) for p in parts] == [2, 4]
+
+
+def test_fixed_arrays_names_the_problem():
+    t = pa.concat_tables([_table(2), _table(2, size=16)])
+    with pytest.raises(ScoringError, match="different shapes"):
+        fixed_arrays(t, "image", "image_dtype", "image_shape")
+    rows = _table(2).to_pylist()
+    rows[1].update(label=None, label_dtype="uint8", label_shape=[S, S])
+    with pytest.raises(ScoringError, match="null"):
+        fixed_arrays(pa.Table.from_pylist(rows, schema=SLICE_SCHEMA), "label", "label_dtype", "label_shape")
+
+
+def test_every_deterministic_score_has_the_right_shape_and_range(tmp_path):
+    needs = frozenset({"probs_mean", "pixel_entropy", "pixel_least_conf", "pixel_margin", "features",
+                       "pred_acc", "grad_embedding", "true_dice", "lpl_loss"})
+    comp = ScoreComputer(load_model_bundle(_bundle(tmp_path, lpl=True)), ScoreOptions(needs=needs, image_size=24))
+    t = _table()
+    img = fixed_arrays(t, "image", "image_dtype", "image_shape")
+    lab = fixed_arrays(t, "label", "label_dtype", "label_shape")
+    out = comp.score(img, t.column("slice_id").to_pylist(), lab)
+    assert set(out) == needs
+    np.testing.assert_allclose(out["probs_mean"].sum(1), 1.0, atol=1e-5)
+    assert out["features"].shape == (6, 4 * 2**2) and out["pred_acc"].shape == (6, K)
+    assert out["grad_embedding"].shape == (6, K * 4) and out["true_dice"].shape == (6, K)
+    assert ((out["pixel_entropy"] >= 0) & (out["pixel_entropy"] <= np.log(K) + 1e-6)).all()
+    assert ((out["pixel_margin"] >= 0) & (out["pixel_margin"] <= 1)).all()
+    assert out["lpl_loss"].shape == (6,)
+    again = comp.score([img[:2], img[2:]], t.column("slice_id").to_pylist(), lab)  # chunks: same result
+    for k in needs:
+        np.testing.assert_allclose(out[k], again[k], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_embedding_is_the_true_last_layer_gradient(tmp_path):
+    bundle = load_model_bundle(_bundle(tmp_path))
+    comp = ScoreComputer(bundle, ScoreOptions(needs=frozenset({"grad_embedding"})))
+    img = fixed_arrays(_table(1), "image", "image_dtype", "image_shape")
+    emb = comp.score(img, ["c/0000"])["grad_embedding"][0]
+    seg = load_model_bundle(_bundle(tmp_path)).segmenter.eval()
+    x = torch.from_numpy(img.astype(np.float32))
+    logits = seg(x)
+    loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1))  # mean over pixels
+    (grad,) = torch.autograd.grad(loss, seg.net.segmentation_head.weight)
+    np.testing.assert_allclose(emb, grad.reshape(-1).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_lpl_score_is_the_stored_head(tmp_path):
+    folder = _bundle(tmp_path, lpl=True)
+    bundle = load_model_bundle(folder)
+    comp = ScoreComputer(bundle, ScoreOptions(needs=frozenset({"lpl_loss"})))
+    img = fixed_arrays(_table(3), "image", "image_dtype", "image_shape")
+    got = comp.score(img, ["a", "b", "c"])["lpl_loss"]
+    ref = load_model_bundle(folder)
+    head = LossPredictionHead(ref.segmenter.stage_channels, hidden=8)
+    head.load_state_dict(ref.extensions["lpl"]["state_dict"])
+    with torch.no_grad():
+        want = head(ref.segmenter.eval().forward_features(torch.from_numpy(img.astype(np.float32))).stages)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ScoringError, match="no 'lpl' extension"):
+        ScoreComputer(load_model_bundle(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"lpl_loss"})))
+
+
+def test_mc_dropout_passes_differ_repeat_for_a_seed_and_ignore_batching(tmp_path):
+    folder = _bundle(tmp_path, dropout=0.5)
+    opts = ScoreOptions(needs=frozenset({"mc_probs", "bald_pixel"}), mc_passes=4, seed=7)
+    comp = ScoreComputer(load_model_bundle(folder), opts)
+    assert comp.seg.feature_dropout.training and not comp.seg.net.encoder.training  # only dropout active
+    t = _table(4)
+    img = fixed_arrays(t, "image", "image_dtype", "image_shape")
+    ids = t.column("slice_id").to_pylist()
+    out = comp.score(img, ids)
+    mc = out["mc_probs"]
+    assert mc.shape == (4, 4, K)
+    for i in range(4):  # the T passes of one slice are not all the same
+        assert np.abs(mc[i] - mc[i, :1]).max() > 1e-4
+    assert (out["bald_pixel"] > 0).all()
+    np.testing.assert_allclose(comp.score(img, ids)["mc_probs"], mc, atol=1e-6)
+    np.testing.assert_allclose(comp.score(img[2:3], ids[2:3])["mc_probs"][0], mc[2], atol=1e-5)
+    other = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=opts.needs, mc_passes=4, seed=8))
+    assert np.abs(other.score(img, ids)["mc_probs"] - mc).max() > 1e-4
+    # the plain forward pass is untouched by the MC hook
+    det = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=frozenset({"probs_mean"})))
+    a, b = det.score(img, ids)["probs_mean"], det.score(img, ids)["probs_mean"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_mc_dropout_refuses_a_model_without_dropout(tmp_path):
+    with pytest.raises(ScoringError, match="decoder_dropout > 0"):
+        ScoreComputer(load_model_bundle(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"mc_probs"})))
