@@ -16,6 +16,7 @@ shards that were written, so they describe the pool, not the intent.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from paal_ray.data.layouts import IngestError, Problem, Source, VolumeRef, disco
 from paal_ray.data.nifti import VolumeError, read_case
 from paal_ray.data.normalize import DEFAULT_CT_WINDOW, DEFAULT_PERCENTILES
 
-SHARD_BYTES = 128 * 2**20  # target in-memory size of one Parquet shard
+SHARD_BYTES = 64 * 2**20  # target in-memory size of one Parquet shard
 
 
 @dataclass(frozen=True)
@@ -201,35 +202,48 @@ def slice_volume(ref: VolumeRef, plan: _Plan) -> list[dict[str, Any]]:
     ]
 
 
-def _slice_batch(batch: dict[str, np.ndarray], plan: _Plan):
+def _slice_group(batch: dict[str, np.ndarray], plan: _Plan):
+    """One shard's worth of volumes -> one Arrow table per volume (a generator: a task never holds
+    more than one volume's arrays besides the shard being written)."""
     import pyarrow as pa
 
     from paal_ray.data.pool import SLICE_SCHEMA
 
-    rows: list[dict[str, Any]] = []
-    for cid, pid, image, label in zip(batch["case_id"], batch["patient_id"], batch["image"], batch["label"],
-                                      strict=True):
-        rows.extend(slice_volume(VolumeRef(str(cid), str(pid), str(image), str(label)), plan))
-    return pa.Table.from_pylist(rows, schema=SLICE_SCHEMA)
+    for refs in batch["volumes"]:
+        for ref in json.loads(str(refs)):
+            yield pa.Table.from_pylist(slice_volume(VolumeRef(**ref), plan), schema=SLICE_SCHEMA)
+
+
+def shard_groups(slices: list[int], slice_bytes: int, *, shard_bytes: int = SHARD_BYTES,
+                 min_shards: int = 8) -> list[list[int]]:
+    """Consecutive volumes grouped into shards of about ``shard_bytes``; at least ``min_shards``
+    (or one per volume) so that readers and Ray Train workers can split the pool."""
+    total = sum(slices) * slice_bytes
+    n = max(int(np.ceil(total / shard_bytes)), min(len(slices), min_shards), 1)
+    bounds = np.searchsorted(np.cumsum(slices), np.arange(1, n) * sum(slices) / n, side="right")
+    groups = [g.tolist() for g in np.split(np.arange(len(slices)), bounds)]
+    return [g for g in groups if g]
 
 
 def _write_slices(good: list[VolumeRef], plan: _Plan, checked: dict[str, dict], workers: int | None,
                   tmp: Path) -> None:
+    """Shards are planned here (volumes are grouped by their slice counts), so each write task
+    holds at most one shard: memory is bounded by shard size x tasks, whatever the volume count."""
     import ray.data
 
     from paal_ray.data.pool import SLICES_DIR
 
-    items = [asdict(ref) for ref in good]
     side = plan.size or max(max(checked[r.case_id]["shape"][i] for i in range(3) if i != plan.axis)
                             for r in good)
     slice_bytes = plan.channels * side * side * 2 + side * side + 200
-    rows_per_file = int(np.clip(SHARD_BYTES // slice_bytes, 16, 8192))
-    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block = one volume
+    groups = shard_groups([checked[r.case_id]["slices"] for r in good], slice_bytes)
+    items = [{"volumes": json.dumps([asdict(good[i]) for i in g])} for g in groups]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block = one shard
     compute = ray.data.TaskPoolStrategy(size=workers) if workers else None
-    ds = ds.map_batches(_slice_batch, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan},
+    ds = ds.map_batches(_slice_group, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan},
                         compute=compute, num_cpus=1)
     try:
-        ds.write_parquet(str(tmp / SLICES_DIR), min_rows_per_file=rows_per_file)
+        ds.write_parquet(str(tmp / SLICES_DIR))
     except Exception as e:
         raise IngestError(explain_failure(e)) from None
 
@@ -305,3 +319,21 @@ def _manifest(source: Source, options: IngestOptions, plan: _Plan, good: list[Vo
         "versions": versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def summarize(manifest: dict[str, Any], path: str | Path | None = None) -> str:
+    """A short human-readable summary of a pool's manifest (printed by `paal ingest`)."""
+    m = manifest
+    size = f"{m['image_size']} x {m['image_size']}" if m.get("image_size") else "native"
+    lines = [
+        f"pool {path or ''}".rstrip(),
+        f"  {m['num_cases']} patients, {m['num_volumes']} volumes, {m['num_slices']} slices "
+        f"({m.get('slices_without_structure', '?')} without structure), {m['num_shards']} shard(s)",
+        f"  {m['channels']} channel(s) ({', '.join(m['modalities'])}), image size {size}, layout {m['layout']}",
+        "  class            slices   pixels",
+    ]
+    for name, n, px in zip(m["class_names"], m["slices_with_class"], m["pixels_per_class"], strict=True):
+        lines.append(f"  {name:<15} {n:>7} {px:>10}")
+    for s in m.get("skipped", []):
+        lines.append(f"  skipped {s['file']}: {s['problem']}")
+    return "\n".join(lines)

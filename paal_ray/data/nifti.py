@@ -6,6 +6,8 @@ first (MSD stores them last), label [X, Y, Z] uint8.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from paal_ray.data.layouts import VolumeRef
@@ -23,21 +25,44 @@ class VolumeError(ValueError):
         return (VolumeError, (self.file, self.problem))
 
 
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"  # one line, whatever nibabel says
+
+
 def load_array(path: str) -> np.ndarray:
+    """The voxel array of a .nii or .nii.gz file. The whole file is decompressed up front so that
+    gzip's checksum is verified: nibabel alone stops reading before it and would accept silently
+    corrupted data."""
+    import gzip
+    import zlib
+
     import nibabel as nib
 
     try:
-        img = nib.load(path)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise VolumeError(path, "missing") from None
-    except Exception as e:  # nibabel raises many types for a file that is not NIfTI
-        raise VolumeError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise VolumeError(path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+    except OSError as e:
+        raise VolumeError(path, f"cannot be read ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise VolumeError(path, f"truncated or corrupt gzip data ({_why(e)})") from None
+    elif path.endswith(".gz"):
+        raise VolumeError(path, "not a readable NIfTI file (named .gz but not gzip-compressed)")
+    sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")} if len(raw) >= 4 else set()
+    kind = nib.Nifti1Image if 348 in sizeof_hdr else nib.Nifti2Image if 540 in sizeof_hdr else None
+    if kind is None:
+        raise VolumeError(path, "not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    try:
+        img = kind.from_bytes(raw)
+    except Exception as e:  # nibabel raises many types for a damaged header
+        raise VolumeError(path, f"not a readable NIfTI file ({_why(e)})") from None
     try:
         return np.asanyarray(img.dataobj)
-    except Exception as e:  # EOFError, zlib.error, short reads: a truncated or corrupt file
-        raise VolumeError(path, f"truncated or corrupt image data ({type(e).__name__}: {e})") from None
+    except Exception as e:  # short data block: the file was cut
+        raise VolumeError(path, f"truncated or corrupt image data ({_why(e)})") from None
 
 
 def read_case(ref: VolumeRef, *, channels: int | None = None, modalities: list[str] | None = None,

@@ -133,7 +133,7 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
         core_c = (organ_c[0] + geo.uniform(-0.3, 0.3) * organ_r[0], organ_c[1] + geo.uniform(-0.3, 0.3) * organ_r[1],
                   organ_c[2] + geo.uniform(-0.2, 0.2) * organ_r[2])
         core_r = tuple(r * geo.uniform(0.3, 0.5) for r in organ_r)
-        label[_blob(u, v, w, geo, core_c, core_r, frame_scale, 0.15) & organ] = 2
+        label[_blob(u, v, w, geo, core_c, core_r, frame_scale, 0.15) & _erode_inplane(organ)] = 2
     if spec.classes > 3:  # small, separate, few slices
         ang = geo.uniform(-0.6, 0.6)
         les_c = (0.58 * np.cos(ang), 0.5 * np.sin(ang), geo.uniform(-0.3, 0.3))
@@ -175,6 +175,15 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
     return np.stack(images), label
 
 
+def _erode_inplane(mask: np.ndarray) -> np.ndarray:
+    """Mask minus its in-plane border pixels (4-neighbourhood): nested structures stay inside."""
+    out = mask.copy()
+    for ax in (0, 1):
+        for shift in (1, -1):
+            out &= np.roll(mask, shift, ax)
+    return out
+
+
 def _blur_inplane(img: np.ndarray) -> np.ndarray:
     """Partial-volume effect: a [1, 2, 1] / 4 filter along both in-plane axes."""
     for ax in (0, 1):
@@ -183,7 +192,7 @@ def _blur_inplane(img: np.ndarray) -> np.ndarray:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def _save_nifti(array: np.ndarray, path: Path) -> None:
+def save_nifti(array: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
     affine = np.diag([1.0, 1.0, 2.5, 1.0])
@@ -192,7 +201,7 @@ def _save_nifti(array: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def _to_nifti_image(image: np.ndarray) -> np.ndarray:
+def to_nifti_image(image: np.ndarray) -> np.ndarray:
     """[C, X, Y, Z] -> X, Y, Z (one modality) or X, Y, Z, C (MSD's 4D convention)."""
     return image[0] if image.shape[0] == 1 else np.ascontiguousarray(np.moveaxis(image, 0, -1))
 
@@ -216,8 +225,8 @@ def write_phantoms(out: str | Path, spec: PhantomSpec, *, layout: str = "msd", o
             for i in range(spec.cases):
                 image, label = make_volume(spec, i)
                 name = f"phantom_{i:03d}.nii.gz"
-                _save_nifti(_to_nifti_image(image), tmp / "imagesTr" / name)
-                _save_nifti(label, tmp / "labelsTr" / name)
+                save_nifti(to_nifti_image(image), tmp / "imagesTr" / name)
+                save_nifti(label, tmp / "labelsTr" / name)
                 training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
                 volumes += 1
                 _progress(log, i + 1, spec.cases)
@@ -238,8 +247,8 @@ def write_phantoms(out: str | Path, spec: PhantomSpec, *, layout: str = "msd", o
                 for frame, scale in ((1, 1.0), (es_frame, 0.8)):
                     image, label = make_volume(spec, i, frame_scale=scale)
                     stem = f"{pid}_frame{frame:02d}"
-                    _save_nifti(image[0], tmp / pid / f"{stem}.nii.gz")
-                    _save_nifti(label, tmp / pid / f"{stem}_gt.nii.gz")
+                    save_nifti(image[0], tmp / pid / f"{stem}.nii.gz")
+                    save_nifti(label, tmp / pid / f"{stem}_gt.nii.gz")
                     volumes += 1
                 _progress(log, i + 1, spec.cases)
     return {"path": str(Path(out).absolute()), "layout": layout, "volumes": volumes,
