@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34
 
-
 _ARCHS = {"resnet18": resnet18, "resnet34": resnet34}
 
 

@@ -68,8 +68,9 @@ def _unwrap(m: nn.Module) -> nn.Module:
 def save_model_bundle(path: str | Path, spec: ModelSpec, segmenter: nn.Module, ap: nn.Module, *,
                       extensions: dict[str, dict[str, Any]] | None = None, meta: dict | None = None) -> Path:
     """Write ``path/model.pt`` (path is a folder). Atomic: temp file, then rename."""
-    from paal_ray.atomic import atomic_write_bytes
     import io
+
+    from paal_ray.atomic import atomic_write_bytes
 
     path = Path(path)
     buf = io.BytesIO()

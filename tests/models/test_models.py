@@ -1,0 +1,96 @@
+"""Models: Dice targets on hand-made masks, the AP's shapes, the loss, the segmenter, bundles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paal_ray.models import (
+    AccuracyPredictor,
+    ModelSpec,
+    build_segmenter,
+    dice_targets,
+    load_model_bundle,
+    save_model_bundle,
+)
+from paal_ray.models.dice import confusion_counts, dice_from_counts
+from paal_ray.models.losses import segmentation_loss, soft_dice_loss
+
+
+def test_dice_targets_hand_made_masks():
+    label = torch.tensor([[[0, 0], [1, 1]]])  # class 2 absent
+    pred = torch.tensor([[[0, 1], [1, 1]]])  # class 2 absent too
+    d = dice_targets(pred, label, 3)
+    assert d.shape == (1, 3)
+    assert d[0, 0].item() == pytest.approx(2 * 1 / (1 + 2), abs=1e-4)  # background included
+    assert d[0, 1].item() == pytest.approx(2 * 2 / (3 + 2), abs=1e-4)
+    assert d[0, 2].item() == 1.0  # absent from both: nothing to find, nothing found
+
+
+def test_dice_targets_missed_and_spurious_classes_score_zero():
+    label = torch.tensor([[[2, 0], [0, 0]]])
+    pred = torch.tensor([[[0, 0], [0, 1]]])
+    d = dice_targets(pred, label, 3)
+    assert d[0, 1].item() == pytest.approx(0.0, abs=1e-4)  # predicted, not there
+    assert d[0, 2].item() == pytest.approx(0.0, abs=1e-4)  # there, not predicted
+
+
+def test_dataset_level_dice_from_global_counts():
+    label = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
+    pred = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]]])
+    dice = dice_from_counts(confusion_counts(pred, label, 3))
+    # class 1: TP 1, FP 1, FN 1 over the whole set -> 2/4; class 2 never seen nor predicted -> 1
+    assert dice.tolist() == pytest.approx([2 * 5 / (10 + 2), 0.5, 1.0])
+
+
+def test_accuracy_predictor_shapes_and_range():
+    ap = AccuracyPredictor(in_channels=2, num_classes=3)
+    assert ap.backbone.conv1.in_channels == 2 + 3  # image and class probabilities
+    out = ap(torch.rand(4, 2, 32, 32), torch.rand(4, 3, 32, 32).softmax(1))
+    assert out.shape == (4, 3)
+    assert bool(((out > 0) & (out < 1)).all())
+    with pytest.raises(ValueError, match="expects 2 image and 3 probability"):
+        ap(torch.rand(4, 1, 32, 32), torch.rand(4, 3, 32, 32))
+
+
+def test_segmentation_loss_prefers_the_right_answer_and_ignores_background_in_dice():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1
+    right = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 5
+    wrong = torch.nn.functional.one_hot((labels + 1) % 3, 3).permute(0, 3, 1, 2).float() * 5
+    assert segmentation_loss(right, labels, 3) < 1.0 < segmentation_loss(wrong, labels, 3)
+    per = segmentation_loss(torch.cat([right[:1], wrong[:1]]), labels, 3, per_sample=True)
+    assert per.shape == (2,) and per[0] < per[1]
+    # Dice over foreground only: with one foreground class segmented confidently it is ~0, and a
+    # background-only batch predicted as background is not penalised by a background term.
+    sharp = torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() * 20
+    assert soft_dice_loss(sharp, labels, 2).item() == pytest.approx(0.0, abs=1e-3)
+    empty = torch.zeros_like(labels)
+    assert soft_dice_loss(sharp[:, [0, 0]] * 0 + torch.tensor([20.0, 0.0]).view(1, 2, 1, 1), empty, 2).item() < 1e-3
+
+
+def test_plain_unet_segmenter_gives_logits_and_stages():
+    seg = build_segmenter("plain_unet", 1, 3, encoder_depth=3, base_width=4)
+    out = seg.forward_features(torch.rand(2, 1, 32, 32))
+    assert out.logits.shape == (2, 3, 32, 32)
+    assert [s.shape[1] for s in out.stages] == seg.stage_channels == [4, 8, 16, 32]
+    assert out.pooled.shape == (2, 32)
+
+
+def test_smp_segmenter_builds_without_download():
+    seg = build_segmenter("resnet18", 2, 4, encoder_depth=4)
+    out = seg.forward_features(torch.rand(1, 2, 64, 64))
+    assert out.logits.shape == (1, 4, 64, 64)
+
+
+def test_bundle_round_trip_keeps_weights_and_extensions(tmp_path):
+    spec = ModelSpec(in_channels=1, num_classes=3, encoder="plain_unet", encoder_depth=2, base_width=4)
+    seg, ap = spec.build()
+    save_model_bundle(tmp_path, spec, seg, ap, extensions={"lpl": {"x": torch.ones(2)}}, meta={"epoch": 3})
+    b = load_model_bundle(tmp_path)
+    assert b.spec == spec and b.meta == {"epoch": 3}
+    assert torch.equal(b.extensions["lpl"]["x"], torch.ones(2))
+    x = torch.rand(1, 1, 16, 16)
+    seg.eval()
+    b.segmenter.eval()
+    assert torch.equal(seg(x), b.segmenter(x))
