@@ -137,19 +137,23 @@ def _check_all(source: Source, options: IngestOptions, log: Callable[[str], None
 
     channels = len(source.modalities) if source.layout == "msd" and source.modalities else None
     task = ray.remote(num_cpus=1)(_check_volume)
-    limit = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # In flight: --workers exactly, else twice the CPUs so that no CPU waits for the next volume.
+    limit = options.workers or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[Any, VolumeRef] = {}
     results: list[dict] = []
     queue = list(source.volumes)
     step = max(1, len(queue) // 10)
     while queue or pending:
-        while queue and len(pending) < 2 * limit:  # bounded: never every volume in flight at once
+        while queue and len(pending) < limit:  # bounded: never every volume in flight at once
             ref = queue.pop(0)
             pending[task.remote(ref, channels, source.modalities, source.class_names, options.axis)] = ref
         done, _ = ray.wait(list(pending), num_returns=1)
         for obj in done:
-            pending.pop(obj)
-            results.append(ray.get(obj))
+            ref = pending.pop(obj)
+            try:
+                results.append(ray.get(obj))
+            except Exception as e:  # the worker died (out of memory, node lost): not the data's fault
+                raise IngestError(f"{ref.image}: checking failed in a Ray task ({explain_failure(e)})") from None
             if len(results) % step == 0 or len(results) == len(source.volumes):
                 log(f"ingest: checked {len(results)}/{len(source.volumes)} volumes")
     order = {ref.case_id: i for i, ref in enumerate(source.volumes)}
@@ -257,9 +261,12 @@ def explain_failure(exc: BaseException) -> str:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, VolumeError | IngestError):
+        cause = getattr(e, "cause", None)  # a RayTaskError: it also poses as its cause's type,
+        if cause is not None:  # but its str() is a remote traceback; the cause has our message
+            stack.append(cause)
+        elif isinstance(e, VolumeError | IngestError):
             return str(e)
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        stack.extend([e.__cause__, e.__context__])
     return f"ingest failed in a Ray task: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 

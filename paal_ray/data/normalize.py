@@ -40,18 +40,24 @@ def normalise_volume(image: np.ndarray, kinds: Sequence[str], *, window: tuple[f
     return out
 
 
+def linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] resampling matrix: linear interpolation between pixel centres; when shrinking,
+    the triangle widens by the shrink factor so every input pixel contributes (antialiasing)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale
+    w = np.clip(1 - np.abs((np.arange(n_in) + 0.5)[None, :] - centres[:, None]) / support, 0, None)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """[N, C, H, W] float32 -> [N, C, size, size], bilinear (antialiased when shrinking)."""
+    """[N, C, H, W] float -> [N, C, size, size] float32, bilinear (antialiased when shrinking).
+    Two small matrix products: no torch needed in ingest workers."""
     if images.shape[-2:] == (size, size):
         return images
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    shrink = size < max(images.shape[-2:])
-    with torch.no_grad():
-        out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-    return out.numpy().clip(0, 1)
+    rows = linear_weights(images.shape[-2], size)
+    cols = linear_weights(images.shape[-1], size)
+    return (rows @ images.astype(np.float32, copy=False) @ cols.T).clip(0, 1)
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:

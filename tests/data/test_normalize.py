@@ -46,6 +46,20 @@ def test_resize_images_bilinear_labels_nearest():
     assert resize_images(img, 20) is img and resize_labels(small, 20) is small
 
 
+def test_resize_matches_torch_bilinear_when_growing_and_averages_when_shrinking():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 2, 10, 14)).astype(np.float32)
+    ours = resize_images(x, 24)
+    ref = F.interpolate(torch.from_numpy(x), size=(24, 24), mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    checker = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)[None, None]
+    np.testing.assert_allclose(resize_images(checker, 16), 0.5, atol=0.01)  # no aliasing
+    np.testing.assert_allclose(resize_images(np.full((1, 1, 50, 30), 0.3, np.float32), 20), 0.3, atol=1e-6)
+
+
 def test_shard_groups_cover_all_volumes_in_order():
     slices = [10, 20, 5, 30, 7, 8, 9, 11, 2, 40]
     groups = shard_groups(slices, slice_bytes=1000, shard_bytes=30_000, min_shards=2)
