@@ -8,11 +8,15 @@ many Parquet shards) and a random-init light model bundle (plain U-Net + ResNet-
          the same KMeans and polling, the same table writer
 
 and prints slices/s of both, their ratio (goal >= 0.8), peak RSS of the driver and of the Ray
-workers, and the driver's memory growth for a 10,000-slice query vs the full pool (must not grow
-with the pool: only small score columns come back). Usage:
+workers, and the driver's memory for a 10,000-slice query vs the full pool (must not grow with the
+pool: only small score columns come back). Each measurement runs in its own process, so one
+does not inherit another's memory. ``--speed-slices`` limits the two timed runs to the first N
+unlabelled slices (the pool stays full size); ``--memory-model tiny`` runs the memory check with a
+very small segmenter and the ``kmeans`` strategy (driver memory depends on the returned columns,
+not on the model) when the full model over 66,512 slices would take too long. Usage:
 
-    python jobs/bench_query.py                       # full size (several minutes on 2 cores)
-    python jobs/bench_query.py --slices 8000 --small 2000   # quick look
+    python jobs/bench_query.py                                   # everything at full size
+    python jobs/bench_query.py --speed-slices 4000 --memory-model tiny   # on a busy 2-core box
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores + 2)")
     p.add_argument("--rewrite", action="store_true", help="rewrite the pool even if it exists")
     p.add_argument("--skip-plain", action="store_true")
+    p.add_argument("--speed-slices", type=int, default=None, help="time both paths on the first N unlabelled slices")
+    p.add_argument("--memory-model", choices=["same", "tiny"], default="same",
+                   help="model for the driver-memory runs: the benchmark's, or a tiny segmenter + kmeans strategy")
+    p.add_argument("--phase", choices=["plain", "ray"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -79,13 +89,14 @@ def write_pool(path: Path, n: int, size: int, channels: int, classes: int, shard
     }))
 
 
-def write_bundle(path: Path, channels: int, classes: int):
+def write_bundle(path: Path, channels: int, classes: int, base_width: int = 8):
     import torch
 
     from paal_ray.models import ModelSpec, save_model_bundle
 
     torch.manual_seed(0)
-    spec = ModelSpec(in_channels=channels, num_classes=classes, encoder="plain_unet", encoder_depth=4, base_width=8)
+    spec = ModelSpec(in_channels=channels, num_classes=classes, encoder="plain_unet", encoder_depth=4,
+                     base_width=base_width)
     seg, ap = spec.build()
     save_model_bundle(path, spec, seg, ap)
 
@@ -197,69 +208,118 @@ def plain_query(args, pool_path: Path, ckpt: Path, unlabelled: list[str], labell
     return time.perf_counter() - t0, [candidates[i] for i in sel.indices], mem
 
 
+def split_ids(pool: Path, labelled_frac: float) -> tuple[list[str], list[str]]:
+    from paal_ray.data.pool import Pool
+
+    ids = Pool.open(pool).slice_ids()
+    rng = np.random.default_rng(0)
+    is_lab = np.zeros(len(ids), bool)
+    is_lab[rng.choice(len(ids), int(labelled_frac * len(ids)), replace=False)] = True
+    labelled = [s for s, m in zip(ids, is_lab, strict=True) if m]
+    unlabelled = [s for s, m in zip(ids, is_lab, strict=True) if not m]
+    return labelled, unlabelled
+
+
+def run_phase(args) -> dict:
+    """One measurement in this (fresh) process; returns a JSON-able dict."""
+    import psutil
+
+    pool, ckpt = Path(args.workdir) / f"pool-{args.slices}-{args.size}", Path(args.ckpt)
+    labelled, unlabelled = split_ids(pool, args.labelled_frac)
+    unlabelled = unlabelled[: args.limit] if args.limit else unlabelled
+    out = Path(args.workdir) / f"sel-{args.phase}-{len(unlabelled)}-{ckpt.name}.parquet"
+    if args.phase == "plain":
+        secs, sel, mem = plain_query(args, pool, ckpt, unlabelled, labelled, out)
+        return {"n": len(unlabelled), "secs": secs, "selection": sel, "driver_peak": mem.driver_peak}
+    from paal_ray.cluster import connect
+
+    connect(None, num_cpus=args.ray_cpus or (os.cpu_count() or 1) + 2, object_store_memory=1_000_000_000)
+    before = psutil.Process().memory_info().rss
+    secs, res, mem = ray_query(args, pool, ckpt, unlabelled, labelled, out)
+    return {"n": len(unlabelled), "secs": secs, "selection": res.slice_ids, "driver_before": before,
+            "driver_peak": mem.driver_peak, "workers": mem.worker_peak, "timings": res.timings,
+            "stream": res.extra.get("scoring_stream", {}), "backend": res.kmeans_backend}
+
+
+def spawn(args, phase: str, ckpt: Path, limit: int | None, strategy: str | None = None) -> dict:
+    """Run one phase in a child process (clean memory figures), return its JSON result."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--phase", phase, "--ckpt", str(ckpt), "--workdir", args.workdir,
+           "--slices", str(args.slices), "--size", str(args.size), "--channels", str(args.channels),
+           "--classes", str(args.classes), "--labelled-frac", str(args.labelled_frac), "--budget", str(args.budget),
+           "--strategy", strategy or args.strategy, "--batch-size", str(args.batch_size), "--actors", str(args.actors),
+           "--threads", str(args.threads)]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    if args.ray_cpus:
+        cmd += ["--ray-cpus", str(args.ray_cpus)]
+    print(f"[{phase}{' ' + str(limit) if limit else ''}{' ' + strategy if strategy else ''}] ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"phase {phase} failed (exit {proc.returncode})")
+    res = json.loads(lines[-1][len("RESULT "):])
+    print(f"  {res['secs']:.1f}s for {res['n']:,} slices ({res['n'] / res['secs']:,.1f} slices/s)", flush=True)
+    return res
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.phase:
+        print("RESULT " + json.dumps(run_phase(args)), flush=True)
+        return
     work = Path(args.workdir)
-    pool, ckpt = work / f"pool-{args.slices}-{args.size}", work / "ckpt"
+    pool = work / f"pool-{args.slices}-{args.size}"
     if args.rewrite or not (pool / "manifest.json").is_file():
         import shutil
 
         shutil.rmtree(pool, ignore_errors=True)
         print(f"writing a {args.slices:,}-slice pool to {pool} ...", flush=True)
         write_pool(pool, args.slices, args.size, args.channels, args.classes, args.shard_slices)
+    ckpt, tiny = work / "ckpt", work / "ckpt-tiny"
     write_bundle(ckpt, args.channels, args.classes)
+    write_bundle(tiny, args.channels, args.classes, base_width=2)
+    labelled, unlabelled = split_ids(pool, args.labelled_frac)
+    n_all = len(unlabelled)
+    print(f"pool: {args.slices:,} slices, {n_all:,} unlabelled", flush=True)
 
-    from paal_ray.cluster import connect
-    from paal_ray.data.pool import Pool
+    speed_n = min(args.speed_slices or n_all, n_all)
+    plain = None if args.skip_plain else spawn(args, "plain", ckpt, speed_n)
+    ray_speed = spawn(args, "ray", ckpt, speed_n)
+    mem_ckpt, mem_strategy = (tiny, "kmeans") if args.memory_model == "tiny" else (ckpt, None)
+    small_n = min(args.small, n_all)
+    mem_small = spawn(args, "ray", mem_ckpt, small_n, mem_strategy)
+    mem_full = ray_speed if (speed_n == n_all and mem_strategy is None) else spawn(args, "ray", mem_ckpt, None, mem_strategy)
 
-    ids = Pool.open(pool).slice_ids()
-    rng = np.random.default_rng(0)
-    is_lab = np.zeros(len(ids), bool)
-    is_lab[rng.choice(len(ids), int(args.labelled_frac * len(ids)), replace=False)] = True
-    labelled = [s for s, m in zip(ids, is_lab, strict=True) if m]
-    unlabelled = [s for s, m in zip(ids, is_lab, strict=True) if not m]
-    image_bytes = len(unlabelled) * args.channels * args.size * args.size * 2
-    print(f"pool: {len(ids):,} slices, {len(unlabelled):,} unlabelled ({mib(image_bytes)} of image data)", flush=True)
-
-    results = {}
-    if not args.skip_plain:
-        print("plain PyTorch loop ...", flush=True)
-        secs, plain_sel, mem = plain_query(args, pool, ckpt, unlabelled, labelled, work / "sel-plain.parquet")
-        results["plain"] = (secs, mem.driver_peak)
-        print(f"  {secs:.1f}s, {len(unlabelled) / secs:,.0f} slices/s, peak RSS {mib(mem.driver_peak)}", flush=True)
-
-    connect(None, num_cpus=args.ray_cpus or (os.cpu_count() or 1) + 2, object_store_memory=1_000_000_000)
-    import psutil
-
-    base = psutil.Process().memory_info().rss
-    print(f"ray: small query ({args.small:,} slices) ...", flush=True)
-    s_secs, s_res, s_mem = ray_query(args, pool, ckpt, unlabelled[: args.small], labelled, work / "sel-small.parquet")
-    print(f"  {s_secs:.1f}s, driver peak {mib(s_mem.driver_peak)}", flush=True)
-    print(f"ray: full query ({len(unlabelled):,} slices) ...", flush=True)
-    secs, res, mem = ray_query(args, pool, ckpt, unlabelled, labelled, work / "sel-ray.parquet")
-    print(f"  {secs:.1f}s, timings {json.dumps({k: round(v, 2) for k, v in res.timings.items()})}", flush=True)
-
-    n = len(unlabelled)
+    per_slice = args.channels * args.size * args.size * 2
+    t = ray_speed["timings"]
     print("\n=== query benchmark (CPU) ===")
-    print(f"machine: {os.cpu_count()} cores; strategy {args.strategy}; {n:,} unlabelled slices of "
-          f"{args.channels}x{args.size}x{args.size}; batch {args.batch_size}; actors {args.actors}; threads {args.threads}")
-    print(f"{'path':<28}{'seconds':>10}{'slices/s':>12}")
-    print(f"{'ray (run_query, e2e)':<28}{secs:>10.1f}{n / secs:>12,.0f}")
-    print(f"{'  of which scoring':<28}{res.timings['scoring_s']:>10.1f}{n / res.timings['scoring_s']:>12,.0f}")
-    print(f"{'  clustering / selection':<28}{res.timings['clustering_s']:>10.2f} / {res.timings['selection_s']:.2f}"
-          f"  (kmeans backend: {res.kmeans_backend})")
-    if "plain" in results:
-        p_secs, p_peak = results["plain"]
-        print(f"{'plain PyTorch loop':<28}{p_secs:>10.1f}{n / p_secs:>12,.0f}")
-        print(f"ratio ray / plain: {p_secs / secs:.2f}  (goal >= 0.80)")
-        print(f"same selection as the plain loop: {plain_sel == res.slice_ids}")
-        print(f"plain loop peak RSS: {mib(p_peak)}")
-    print(f"driver RSS before queries: {mib(base)}; peak during the {args.small:,}-slice query: "
-          f"{mib(s_mem.driver_peak)}; during the {n:,}-slice query: {mib(mem.driver_peak)} "
-          f"(growth {mib(mem.driver_peak - s_mem.driver_peak)} vs {mib(image_bytes)} of images)")
-    workers = sorted(mem.worker_peak.items(), key=lambda kv: -kv[1])[:5]
-    print("worker peak RSS: " + ", ".join(f"{k} {mib(v)}" for k, v in workers))
+    print(f"machine: {os.cpu_count()} cores (load avg {os.getloadavg()[0]:.1f}); strategy {args.strategy}; "
+          f"{speed_n:,} unlabelled slices of {args.channels}x{args.size}x{args.size} timed; batch {args.batch_size}; "
+          f"actors {args.actors}; torch threads {args.threads}")
+    print(f"{'path':<30}{'seconds':>10}{'slices/s':>12}")
+    print(f"{'ray run_query, end to end':<30}{ray_speed['secs']:>10.1f}{speed_n / ray_speed['secs']:>12,.1f}")
+    print(f"{'  scoring pass':<30}{t['scoring_s']:>10.1f}{speed_n / t['scoring_s']:>12,.1f}"
+          f"   (first batch after {ray_speed['stream'].get('first_batch_s', 0):.1f}s, "
+          f"then {ray_speed['stream'].get('stream_rate', 0):,.1f} slices/s)")
+    print(f"{'  clustering / selection':<30}{t['clustering_s']:>10.2f} / {t['selection_s']:.3f}s (kmeans: {ray_speed['backend']})")
+    if plain:
+        print(f"{'plain PyTorch loop':<30}{plain['secs']:>10.1f}{speed_n / plain['secs']:>12,.1f}")
+        print(f"ratio ray / plain: {plain['secs'] / ray_speed['secs']:.2f} (goal >= 0.80); "
+              f"same selection: {plain['selection'] == ray_speed['selection']}")
+        print(f"peak RSS, plain loop process: {mib(plain['driver_peak'])}")
+    print(f"peak RSS, ray driver: {mib(ray_speed['driver_peak'])}")
+    workers = sorted(ray_speed["workers"].items(), key=lambda kv: -kv[1])[:4]
+    print("peak RSS, ray workers: " + ", ".join(f"{k.replace('ray::', '')} {mib(v)}" for k, v in workers))
+    label = "benchmark model" if mem_strategy is None else "tiny segmenter, kmeans strategy"
+    for name, r in ((f"{small_n:,}", mem_small), (f"{n_all:,}", mem_full)):
+        print(f"driver memory, {name}-slice query ({label}): before {mib(r['driver_before'])}, peak "
+              f"{mib(r['driver_peak'])} (+{mib(r['driver_peak'] - r['driver_before'])}); images scored: "
+              f"{mib(r['n'] * per_slice)}")
 
 
 if __name__ == "__main__":

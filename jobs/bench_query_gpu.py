@@ -114,7 +114,7 @@ def end_to_end(args, pool: Path, ckpt: Path, work: Path) -> tuple[float, float, 
     from paal_ray.data.pool import Pool
     from paal_ray.query import QueryRequest, run_query
 
-    connect(None, num_cpus=os.cpu_count(), object_store_memory=24 * 2**30)
+    connect(None, num_cpus=os.cpu_count(), object_store_memory=None)  # Ray sizes it to /dev/shm
     ids = Pool.open(pool).slice_ids()
     labelled = ids[::200]  # 0.5% labelled, as Brain Tumour's initial set
     lab = set(labelled)

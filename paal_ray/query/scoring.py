@@ -109,6 +109,10 @@ class ScoreComputer:
         self.num_classes = bundle.spec.num_classes
         self.image_size = options.image_size or bundle.spec.image_size
         self._local = threading.local()  # per-thread MC masks / captured head input (GPU actors run 2 calls)
+        if self.cuda:
+            # Scoring runs thousands of same-shaped batches in a process of its own: let cuDNN pick
+            # the fastest kernels once.
+            torch.backends.cudnn.benchmark = True
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.seg = bundle.segmenter.to(self.device, memory_format=fmt).eval()
         self.ap = bundle.ap.to(self.device, memory_format=fmt).eval() if "pred_acc" in self.needs else None

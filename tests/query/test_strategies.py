@@ -173,3 +173,12 @@ def test_badge_starts_at_the_largest_gradient_and_spreads_out():
 def test_missing_scores_are_named():
     with pytest.raises(StrategyError, match="did not emit 'features'"):
         S.get("kmeans").select({"probs_mean": PROBS}, 2, rng(), ctx(4))
+
+
+def test_declared_training_extensions_exist_on_the_training_side():
+    from paal_ray.training import extensions
+
+    for name in S.available():
+        ext = S.get(name).training_extension
+        if ext is not None:
+            assert ext in extensions.available(), f"{name} declares unknown training extension {ext!r}"
