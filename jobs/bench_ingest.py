@@ -99,7 +99,17 @@ def run_ray(src: str, out: str, workers: int | None) -> dict:
     from paal_ray.cluster import connect
     from paal_ray.data.ingest import IngestOptions, ingest
 
-    connect(None, object_store_memory=1_000_000_000)
+    for attempt in range(3):  # a local Ray can time out starting on a crowded machine: try again
+        try:
+            connect(None, object_store_memory=1_000_000_000)
+            break
+        except Exception as e:
+            import ray
+
+            ray.shutdown()
+            print(f"ray start failed ({e}); retrying", flush=True)
+            if attempt == 2:
+                raise
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     m = ingest(src, out, IngestOptions(layout="msd", size=64, workers=workers),
@@ -225,6 +235,8 @@ def main() -> None:
             r = measure(child_args)
             shutil.rmtree(out, ignore_errors=True)
             rows.append({"kind": kind, "volumes": n, **r})
+            print(f"   -> {r['slices']} slices in {r['seconds']:.1f}s = {r['slices'] / r['seconds']:.0f} slices/s, "
+                  f"peak {r['peak_tree_mb']:.0f} MB (tree), {r['peak_driver_mb']:.0f} MB (driver)", flush=True)
 
     print(f"\ningest benchmark: {a.modalities} x {a.size} x {a.size} float32 phantoms -> float16 slices, "
           f"{os.cpu_count()} CPUs")
