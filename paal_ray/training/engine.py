@@ -97,6 +97,8 @@ class RoundEngine:
         self.num_classes = model_spec.num_classes
         self.amp = amp_dtype(cfg.train.mixed_precision, device)
         self.channels_last = device.type == "cuda"
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
         seg, ap = model_spec.build()
         head = extension.build_head(seg)
@@ -210,7 +212,8 @@ class RoundEngine:
         return {"train_loss": sums[0], "ap_loss": sums[1] if ap_active else None,
                 "ext_loss": sums[2] if self.net.head is not None else None, "lr": lr, "ap_active": ap_active,
                 "train_seconds": secs, "train_slices": steps * plan.shape[1] * self.world,
-                "train_slices_per_s": steps * plan.shape[1] * self.world / max(secs, 1e-9)}
+                "train_slices_per_s": steps * plan.shape[1] * self.world / max(secs, 1e-9),
+                "peak_gpu_mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None}
 
     def step(self, x: torch.Tensor, y: torch.Tensor, ap_active: bool) -> list[torch.Tensor]:
         """One optimisation step of the segmenter (+ head), then of the AP on detached inputs."""
@@ -238,7 +241,10 @@ class RoundEngine:
         logits = logits.detach().float()
         target = dice_targets(logits.argmax(1), y, self.num_classes)
         with self._autocast():
-            pred = self.train_ap(x.detach(), logits.softmax(1))
+            probs = logits.softmax(1)
+            if self.channels_last:
+                probs = probs.contiguous(memory_format=torch.channels_last)
+            pred = self.train_ap(x.detach(), probs)
         ap_loss = F.mse_loss(pred.float(), target)
         self.ap_opt.zero_grad(set_to_none=True)
         self.ap_scaler.scale(ap_loss).backward()

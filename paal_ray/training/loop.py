@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -233,7 +234,8 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         record = {"round": spec.name, "global_epoch": g + 1, "round_epoch": round_epoch, "lr": tr["lr"],
                   "train_loss": tr["train_loss"], "ap_loss": tr["ap_loss"], "ext_loss": tr["ext_loss"],
                   "val_dice": score, "val_dice_per_class": va["val_dice_per_class"], "val_ap_mae": va["val_ap_mae"],
-                  "train_slices_per_s": tr["train_slices_per_s"], "seconds": tr["train_seconds"]}
+                  "train_slices_per_s": tr["train_slices_per_s"], "seconds": tr["train_seconds"],
+                  "peak_gpu_mem_gb": tr["peak_gpu_mem_gb"], "ended_at": time.time()}
         state["epochs"] = [*state["epochs"], record]
         if rank == 0:
             ap = "silent" if tr["ap_loss"] is None else f"{tr['ap_loss']:.4f}"
