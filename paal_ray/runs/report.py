@@ -70,6 +70,8 @@ def write_learning_curve(root: str | Path) -> Path | None:
         ax2.plot([e["epoch"] for e in epochs], [e["val_dice"] for e in epochs], ".-")
     ax2.set_xlabel("epoch")
     ax2.set_title("validation Dice by epoch")
+    for ax in (ax1, ax2):
+        ax.set_ylim(0, 1)  # Dice: the same scale for every run, so curves compare at a glance
     fig.tight_layout()
     import io
 
