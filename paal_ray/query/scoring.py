@@ -336,6 +336,18 @@ class ScoreTable:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+def _read_only(pool, ids: list[str], columns: list[str]):
+    """A dataset of just these slices. The filter travels with every read task, so send the
+    shorter list: the wanted ids, or the pool's other ids (usually the small labelled set)."""
+    from ray.data.expressions import col
+
+    others = set(pool.slice_ids()).difference(ids)
+    if len(others) >= len(ids):
+        return pool.dataset(ids, columns=columns)
+    ds = pool.dataset(None, columns=columns)
+    return ds.filter(expr=col("slice_id").not_in(sorted(others))) if others else ds
+
+
 def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, options: ScoreOptions, *,
                scaling, log_every: float = 0.1) -> ScoreTable:
     """Score the given slices of a pool in one streaming pass; rows come back in the given order."""
@@ -349,7 +361,7 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
         raise ScoringError("score_pool: duplicate slice ids requested")
     pool = Pool.open(pool_path)
     columns = IMAGE_COLUMNS + (LABEL_COLUMNS if "true_dice" in options.needs else [])
-    ds = pool.dataset(ids, columns=columns)
+    ds = _read_only(pool, ids, columns)
     use_gpu = bool(scaling.use_gpu)
     threads = None if use_gpu else scaling.score_threads
     ds = ds.map_batches(
