@@ -99,7 +99,7 @@ def run_ray(src: str, out: str, workers: int | None) -> dict:
     from paal_ray.cluster import connect
     from paal_ray.data.ingest import IngestOptions, ingest
 
-    for attempt in range(3):  # a local Ray can time out starting on a crowded machine: try again
+    for attempt in range(8):  # a local Ray can time out starting on a crowded machine: try again
         try:
             connect(None, object_store_memory=1_000_000_000)
             break
@@ -108,7 +108,7 @@ def run_ray(src: str, out: str, workers: int | None) -> dict:
 
             ray.shutdown()
             print(f"ray start failed ({e}); retrying", flush=True)
-            if attempt == 2:
+            if attempt == 7:
                 raise
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     t0 = time.perf_counter()
