@@ -123,7 +123,12 @@ def load_checkpoint_folder(folder: str | Path) -> tuple[dict, dict]:
 
 def write_checkpoint_folder(folder: Path, engine: RoundEngine, state: dict, meta: dict) -> None:
     save_model_bundle(folder, engine.spec, engine.segmenter, engine.ap, extensions=engine.extension_state(), meta=meta)
-    torch.save({**state, "optimisers": engine.optimiser_state()}, folder / TRAIN_STATE_FILE)
+    tc = engine.cfg.train
+    schedule = {"kind": "linear warm-up + cosine", "global_epoch": state["global_epoch"], "lr": tc.lr,
+                "warmup_epochs": tc.warmup_epochs, "schedule_epochs": tc.schedule_epochs, "min_lr": tc.min_lr}
+    rng = {**state["rng"], "torch_cpu": torch.get_rng_state()}
+    torch.save({**state, "scheduler": schedule, "rng": rng, "optimisers": engine.optimiser_state()},
+               folder / TRAIN_STATE_FILE)
 
 
 def _move_into_storage(checkpoint, dir_name: str):

@@ -93,7 +93,9 @@ def test_a_rerun_driver_resumes_a_killed_round(ray_session, blob_pool, tmp_path)
     run_dir = Path(spec.storage_path) / spec.name
     try:
         deadline = time.time() + 240
-        while not (run_dir / "checkpoint_000002").is_dir():
+        # checkpoint_000003 being written means epoch 1's report was consumed by the controller (its
+        # result queue holds one): at least that checkpoint is registered when the driver dies.
+        while not (run_dir / "checkpoint_000003").is_dir():
             assert proc.poll() is None, "the driver ended before it could be killed"
             assert time.time() < deadline, "no checkpoint within 4 minutes"
             time.sleep(0.5)
@@ -104,7 +106,7 @@ def test_a_rerun_driver_resumes_a_killed_round(ray_session, blob_pool, tmp_path)
     r = train_round(spec)
     starts = _state(r.checkpoint)["starts"]
     assert starts[0]["source"] == "fresh" and starts[-1]["source"] == "resumed"
-    assert starts[-1]["global_epoch"] >= 2  # continued, not restarted at 0
+    assert starts[-1]["global_epoch"] >= 1  # continued, not restarted at 0
     assert [e["global_epoch"] for e in r.epochs] == [1, 2, 3, 4, 5] and r.global_epoch == 5
     again = train_round(spec)  # the round had ended: same result, nothing retrained
     assert again.checkpoint == r.checkpoint and again.epochs == r.epochs
