@@ -1,0 +1,162 @@
+"""`paal run` end to end on phantoms with the real Ray Train rounds and query engine (CPU preset,
+tiny budget): state, selections, labelled counts and metrics; SIGKILL of the driver in training
+and between selection and label ingest, then resume; the human-oracle path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from paal_ray.atomic import read_jsonl
+from paal_ray.cli.main import app
+from paal_ray.runs.oracle import safe_name
+from paal_ray.runs.state import Labelled, RunPaths, RunState
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def tiny(pool: Path, workspace: Path, name: str = "run", strategy: str = "paal") -> list[str]:
+    """10 phantom patients, fold 0: 128 training slices; init 6, two rounds of 6; 2 epochs a round."""
+    sets = [f"pool={pool}", f"workspace={workspace}", f"name={name}", f"strategy.name={strategy}",
+            "budget.init_ratio=0.05", "budget.max_ratio=0.15", "budget.rounds=2",
+            "schedule.max_epochs_per_round=2", "train.samples_per_epoch=32", "train.batch_size=16",
+            "train.augment.enabled=false", "ray.num_cpus=4"]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def labelled(root: Path) -> list[str]:
+    return Labelled.load(RunPaths(root)).all()
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_session, phantom_pool, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("e2e")
+    res = CliRunner().invoke(app, ["run", "cpu", *tiny(phantom_pool, ws)])
+    assert res.exit_code == 0, res.output
+    return ws / "run"
+
+
+def test_two_round_run_state_selections_metrics(finished_run):
+    root = finished_run
+    state = RunState.load(RunPaths(root))
+    assert (state.phase, state.round, state.n_train, state.per_round) == ("done", 2, 128, 6)
+    assert state.labeled_count == state.budget == 18 and 0 <= state.final_dice <= 1
+    lab = json.loads((root / "labelled.json").read_text())
+    assert len(lab["initial"]) == 6
+    for r in (0, 1):
+        sel = pq.read_table(root / "rounds" / f"{r:03d}" / "selection.parquet").column("slice_id").to_pylist()
+        assert sel[:6] == lab["rounds"][f"{r:03d}"] and len(set(sel[:6])) == 6
+    assert lab["labelled"] == lab["initial"] + lab["rounds"]["000"] + lab["rounds"]["001"]
+    assert len(set(lab["labelled"])) == 18
+    metrics = read_jsonl(root / "metrics.jsonl")
+    rounds = [m for m in metrics if m["kind"] == "round"]
+    assert [(m["round"], m["labeled_count"], m["labeled_after"]) for m in rounds] == [(0, 6, 12), (1, 12, 18)]
+    for m in rounds:
+        assert len(m["val_dice_per_class"]) == 4 and m["query_s"] > 0 and m["ap_error"] is not None
+        assert m["ap_pearson"] is None or -1 <= m["ap_pearson"] <= 1
+    epochs = [m for m in metrics if m["kind"] == "epoch"]
+    assert [e["round"] for e in epochs] == [0, 0, 1, 1, 2, 2]
+    assert [e["epoch"] for e in epochs] == sorted({e["epoch"] for e in epochs})
+    assert [m["labeled_count"] for m in metrics if m["kind"] == "final"] == [18]
+    res = CliRunner().invoke(app, ["status", str(root)])
+    assert res.exit_code == 0 and "labelled   18 / 18" in res.output and "final" in res.output
+
+
+def _wait_for(pred, timeout: float, proc: subprocess.Popen, what: str) -> None:
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The driver was SIGKILLed; also end what it started (its own local Ray), by our group id."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_sigkill_in_training_and_before_label_ingest_then_resume(finished_run, ray_session, phantom_pool, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    root = tmp_path / "run"
+    # 1. `paal run` killed by SIGKILL while round 0 trains (its first epoch checkpoint is on disk).
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "paal"), "run", "cpu", *tiny(phantom_pool, tmp_path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: any((root / "train" / "round-000").glob("checkpoint_*")), 900, proc, "a training checkpoint")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        _kill_group(proc)
+    assert RunState.load(RunPaths(root)).phase == "train"
+    # 2. Resume in a driver that is SIGKILLed after labelled.json took round 0's selection and
+    #    before state.json recorded the ingest.
+    script = (
+        "import os, signal\n"
+        "from paal_ray.runs.launch import launch\n"
+        "def hook(point, state):\n"
+        "    if point == 'ingest:labelled' and state.round == 0:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"launch(resume={str(root)!r}, hook=hook)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=1200)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, out
+    state = RunState.load(RunPaths(root))
+    assert state.phase == "ingest" and len(labelled(root)) == 12
+    # 3. Resume to the end (here, on the test session's Ray): the same run as the uninterrupted one.
+    res = CliRunner().invoke(app, ["run", "--resume", str(root)])
+    assert res.exit_code == 0, res.output
+    assert RunState.load(RunPaths(root)).phase == "done"
+    assert labelled(root) == labelled(finished_run)
+    keys = [(m["kind"], m["round"], m["epoch"]) for m in read_jsonl(root / "metrics.jsonl")]
+    assert len(keys) == len(set(keys)) == len(read_jsonl(finished_run / "metrics.jsonl"))
+
+
+def test_human_oracle_export_reject_accept_continue(ray_session, phantom_pool, tmp_path):
+    from PIL import Image
+
+    runner = CliRunner()
+    args = tiny(phantom_pool, tmp_path, strategy="random") + ["--set", "oracle.kind=human", "--set", "budget.rounds=1",
+                                                           "--set", "budget.max_ratio=0.1"]
+    res = runner.invoke(app, ["run", "cpu", *args])
+    root = tmp_path / "run"
+    assert res.exit_code == 0, res.output
+    assert "waiting for 6 of 6 masks" in res.output
+    export = root / "rounds" / "000" / "annotate"
+    manifest = json.loads((export / "manifest.json").read_text())
+    ids = [e["slice_id"] for e in manifest["slices"]]
+    assert len(ids) == 6 and all((export / f"{safe_name(s)}.nii.gz").is_file() for s in ids)
+    inbox = root / "rounds" / "000" / "inbox"
+    for s in ids:
+        Image.fromarray(np.ones((64, 64), np.uint8)).save(inbox / f"{safe_name(s)}.png")
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(inbox / f"{safe_name(ids[0])}.png")
+    res = runner.invoke(app, ["run", "--resume", str(root)])
+    assert res.exit_code == 2
+    assert f"{safe_name(ids[0])}.png: class values [9] outside 0..3" in res.output
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(inbox / f"{safe_name(ids[0])}.png")
+    res = runner.invoke(app, ["run", "--resume", str(root)])
+    assert res.exit_code == 0, res.output
+    state = RunState.load(RunPaths(root))
+    assert state.phase == "done" and state.labeled_count == 12
+    assert [m["kind"] for m in read_jsonl(root / "metrics.jsonl")].count("final") == 1
