@@ -133,10 +133,55 @@ def end_to_end(args, pool: Path, ckpt: Path, work: Path) -> dict:
     req = QueryRequest(
         pool_path=str(pool), unlabelled_ids=unlabelled, labelled_ids=labelled, checkpoint=str(ckpt),
         strategy=StrategyConfig(name="paal"), budget=299, seed=0, out_path=str(work / f"{pool.name}.parquet"),
-        scaling=ScalingSettings(use_gpu=not args.cpu_smoke, score_actors=args.actors, score_batch_size=args.batch_size),
+        scaling=ScalingSettings(use_gpu=not args.cpu_smoke, score_actors=args.actors, score_batch_size=args.batch_size,
+                                gpus_per_score_actor=1.0 / args.actors),
     )
     res = run_query(req)
     return {"n": len(unlabelled), **res.timings, "backend": res.kmeans_backend}
+
+
+class _CopyOnly:
+    """A scoring actor that does everything but the model: decode and host-to-device copy."""
+
+    def __init__(self, use_gpu: bool):
+        import torch
+
+        self.torch, self.device = torch, "cuda" if use_gpu else "cpu"
+
+    def __call__(self, batch):
+        from paal_ray.query.scoring import fixed_arrays
+
+        chunks = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
+        total = 0.0
+        for c in chunks:
+            total += float(self.torch.from_numpy(c).to(self.device).float().mean())
+        return {"slice_id": np.asarray(batch.column("slice_id").to_pylist(), dtype=object),
+                "m": np.full(batch.num_rows, total, np.float32)}
+
+
+def pipeline_only(args, pool: Path) -> None:
+    """Where end-to-end time goes without the model: the Ray Data read alone, then read + decode +
+    host-to-device copy in the same actor pool layout as the query (explains a gap to model-only)."""
+    import ray
+
+    from paal_ray.cluster import connect
+    from paal_ray.data.pool import Pool
+
+    connect(None, num_cpus=os.cpu_count(), object_store_memory=None)
+    p = Pool.open(pool)
+    cols = ["slice_id", "image", "image_dtype", "image_shape"]
+    t0, n = time.perf_counter(), 0
+    for b in p.dataset(None, columns=cols).iter_batches(batch_size=args.batch_size, batch_format="pyarrow"):
+        n += b.num_rows
+    report("pipeline: Ray Data read only (driver iterates Arrow batches)", f"{n / (time.perf_counter() - t0):,.0f} slices/s")
+    ds = p.dataset(None, columns=cols).map_batches(
+        _CopyOnly, fn_constructor_kwargs={"use_gpu": not args.cpu_smoke}, batch_size=args.batch_size,
+        batch_format="pyarrow", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(size=args.actors),
+        num_gpus=0 if args.cpu_smoke else 1.0 / args.actors)
+    t0, n = time.perf_counter(), 0
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        n += len(b["m"])
+    report(f"pipeline: read + decode + host-to-device, {args.actors} actor(s), no model", f"{n / (time.perf_counter() - t0):,.0f} slices/s")
 
 
 def bench_kmeans(args) -> None:
@@ -216,6 +261,10 @@ def main(argv=None):
                 runs.append(end_to_end(args, pool, ckpt, work))
                 report(f"end-to-end query, {runs[-1]['n']:,} slices", json.dumps(
                     {k: round(v, 3) if isinstance(v, float) else v for k, v in runs[-1].items()}))
+            try:
+                pipeline_only(args, pool)
+            except Exception as e:
+                report("pipeline", f"FAILED: {type(e).__name__}: {e}")
             small, full = runs
             report(f"end-to-end, whole run_query over {full['n']:,} slices (incl. actor start)",
                    f"{full['n'] / full['total_s']:,.0f} slices/s")

@@ -15,9 +15,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, ray; print('torch', torch.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())"
 run() {  # name, seconds, command...
   local name=$1 secs=$2; shift 2
+  [ "$secs" -gt 0 ] || { echo "=== $name skipped"; return; }
   echo "=== $name"; timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; echo "exit $? ($name)"
   tail -n 25 "$OUT/$name.log"
 }
-run query ${QUERY_SECS:-200} python3 jobs/bench_query_gpu.py
-run train ${TRAIN_SECS:-200} python3 jobs/bench_train_gpu.py
+run query ${QUERY_SECS:-200} python3 jobs/bench_query_gpu.py ${QUERY_ARGS:-}
+run train ${TRAIN_SECS:-200} python3 jobs/bench_train_gpu.py ${TRAIN_ARGS:-}
 echo "=== summary"; grep -h -E "^(RESULT|  )" "$OUT"/query.log "$OUT"/train.log | tail -n 40

@@ -97,6 +97,10 @@ class ScalingSettings(_Strict):
     cpus_per_worker: int = 1
     score_actors: int = Field(1, ge=1, description="Ray Data actors that score the pool")
     score_batch_size: int = 256
+    gpus_per_score_actor: float = Field(
+        1.0, gt=0, le=1,
+        description="GPU share of each scoring actor; below 1, several actors share a GPU so that "
+        "their host-side work (Arrow decode, host-to-device copies) runs in parallel processes")
     score_threads: int | None = Field(
         None, ge=1, description="torch threads per CPU scoring actor; None: Ray's default (its 1 CPU)")
     max_failures: int = Field(2, description="Ray Train worker restarts allowed per round")

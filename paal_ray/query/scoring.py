@@ -378,7 +378,7 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
             max_concurrent_calls_per_actor=2 if use_gpu else None,
             enable_true_multi_threading=True if use_gpu else None,
         ),
-        num_gpus=1 if use_gpu else 0,
+        num_gpus=float(scaling.gpus_per_score_actor) if use_gpu else 0,
         num_cpus=1,
     )
     n = len(ids)
