@@ -24,9 +24,13 @@ def connect(
     *,
     num_cpus: int | None = None,
     object_store_memory: int | None = 1_000_000_000,
-    quiet: bool = True,
+    quiet: bool = False,
 ) -> RaySession:
-    """Attach to Ray once per process; later calls reuse the running session."""
+    """Attach to Ray once per process; later calls reuse the running session.
+
+    Workers' output reaches this process unless ``quiet``: training prints one progress line per
+    epoch from rank 0, and users of a long run want to see it live.
+    """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return RaySession(address=address, local=address is None)
