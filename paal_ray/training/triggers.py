@@ -17,63 +17,14 @@ from __future__ import annotations
 import math
 
 
-class IQTrigger:
-    name = "iq"
+class _PatienceTrigger:
+    """A best score and a count of epochs without beating it by more than ``min_delta``."""
 
-    def __init__(self, patience: int = 10, min_delta: float = 1e-3):
+    name = "patience"
+
+    def __init__(self, patience: int, min_delta: float):
         if patience < 1:
-            raise ValueError(f"IQTrigger: patience must be >= 1, got {patience}")
-        self.patience = patience
-        self.min_delta = min_delta
-        self.best = -math.inf
-        self.counter = 0
-
-    def update(self, score: float) -> bool:
-        if score > self.best + self.min_delta:
-            self.best = score
-            self.counter = 0
-            return False
-        self.counter += 1
-        if self.counter >= self.patience:
-            self.counter = 0  # a query happens now; the best score stays
-            return True
-        return False
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "counter": self.counter}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best = float(state["best"])
-        self.counter = int(state["counter"])
-
-
-class FixedIntervalTrigger:
-    name = "fixed"
-
-    def __init__(self, warmup: int = 10, interval: int = 5):
-        if interval < 1 or warmup < 0:
-            raise ValueError(f"FixedIntervalTrigger: need warmup >= 0 and interval >= 1, got {warmup}, {interval}")
-        self.warmup = warmup
-        self.interval = interval
-        self.epochs = 0  # epochs of the whole run seen so far
-
-    def update(self, score: float) -> bool:
-        self.epochs += 1
-        return self.epochs >= self.warmup and (self.epochs - self.warmup) % self.interval == 0
-
-    def state_dict(self) -> dict:
-        return {"epochs": self.epochs}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epochs = int(state["epochs"])
-
-
-class EarlyStopping:
-    name = "early_stop"
-
-    def __init__(self, patience: int = 40, min_delta: float = 0.0):
-        if patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
+            raise ValueError(f"{type(self).__name__}: patience must be >= 1, got {patience}")
         self.patience = patience
         self.min_delta = min_delta
         self.best = -math.inf
@@ -97,6 +48,47 @@ class EarlyStopping:
     def load_state_dict(self, state: dict) -> None:
         self.best = float(state["best"])
         self.counter = int(state["counter"])
+
+
+class IQTrigger(_PatienceTrigger):
+    name = "iq"
+
+    def __init__(self, patience: int = 10, min_delta: float = 1e-3):
+        super().__init__(patience, min_delta)
+
+    def update(self, score: float) -> bool:
+        fired = super().update(score)
+        if fired:
+            self.counter = 0  # a query happens now; the best score stays
+        return fired
+
+
+class FixedIntervalTrigger:
+    name = "fixed"
+
+    def __init__(self, warmup: int = 10, interval: int = 5):
+        if interval < 1 or warmup < 0:
+            raise ValueError(f"FixedIntervalTrigger: need warmup >= 0 and interval >= 1, got {warmup}, {interval}")
+        self.warmup = warmup
+        self.interval = interval
+        self.epochs = 0  # epochs of the whole run seen so far
+
+    def update(self, score: float) -> bool:
+        self.epochs += 1
+        return self.epochs >= self.warmup and (self.epochs - self.warmup) % self.interval == 0
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = int(state["epochs"])
+
+
+class EarlyStopping(_PatienceTrigger):
+    name = "early_stop"
+
+    def __init__(self, patience: int = 40, min_delta: float = 0.0):
+        super().__init__(patience, min_delta)
 
 
 def query_trigger(schedule_cfg) -> IQTrigger | FixedIntervalTrigger:
