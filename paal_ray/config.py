@@ -70,6 +70,7 @@ class ModelConfig(_Strict):
     base_width: int = Field(8, description="plain_unet: channels of the first level")
     decoder_dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the decoder (MC dropout)")
     ap_arch: str = "resnet18"
+    ap_width: int = Field(64, ge=4, description="AP channels in the first stage (64: ResNet-18 as in the paper)")
     ap_dropout: float = 0.5
     image_size: int | None = Field(None, description="slices are resized to this on load; None: as stored")
 

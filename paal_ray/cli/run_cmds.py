@@ -76,7 +76,7 @@ def status(run_dir: Path = typer.Argument(..., help="Run folder (WORKSPACE/NAME)
 
 def demo(
     workspace: Path = typer.Option(Path("demo-workspace"), "--workspace", help="Folder for phantoms, pool and runs."),
-    rounds: int = typer.Option(3, "--rounds", help="Query rounds of each run."),
+    rounds: int = typer.Option(2, "--rounds", help="Query rounds of each run."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Phantoms -> ingest (64 px) -> a PAAL run and a random-selection run from the same initial set

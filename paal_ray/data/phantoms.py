@@ -137,7 +137,7 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
     if spec.classes > 3:  # small, separate, few slices
         ang = geo.uniform(-0.6, 0.6)
         les_c = (0.58 * np.cos(ang), 0.5 * np.sin(ang), geo.uniform(-0.3, 0.3))
-        r = geo.uniform(0.07, 0.11)
+        r = geo.uniform(0.1, 0.15)
         label[_blob(u, v, w, geo, les_c, (r, r * geo.uniform(0.8, 1.2), geo.uniform(0.1, 0.2)), 1.0, 0.1)] = 3
     for k in range(4, spec.classes):  # further separate blobs of random size
         c = (geo.uniform(-0.55, 0.55), geo.uniform(-0.5, 0.5), geo.uniform(-0.4, 0.4))
@@ -151,9 +151,9 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
     texture = _smooth_noise(tex, (n, n, z), 0.08)
     bias = _smooth_noise(tex, (n, n, z), 0.02) if spec.kind == "mr" else None
     images = []
-    for _m in range(spec.modalities):
+    for m in range(spec.modalities):
         if spec.kind == "ct":
-            levels = np.concatenate([[40.0], con.uniform(-80, 250, spec.classes - 1)])
+            levels = _contrast_levels(con, spec.classes, 40.0, (-80.0, 250.0), 60.0, visible=m == 0)
             img = np.where(body, levels[0], -1000.0).astype(np.float32)
             for k in range(1, spec.classes):
                 img[label == k] = levels[k]
@@ -162,7 +162,7 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
             img += tex.normal(0, 12, img.shape).astype(np.float32)
             images.append(np.round(img).clip(-1024, 3071).astype(np.int16))
         else:
-            levels = np.concatenate([[con.uniform(0.25, 0.45)], con.uniform(0.1, 1.0, spec.classes - 1)])
+            levels = _contrast_levels(con, spec.classes, con.uniform(0.25, 0.45), (0.1, 1.0), 0.3, visible=m == 0)
             img = np.where(body, levels[0], 0.0).astype(np.float32)
             for k in range(1, spec.classes):
                 img[label == k] = levels[k] + tex.normal(0, 0.03)
@@ -173,6 +173,23 @@ def make_volume(spec: PhantomSpec, case_index: int, *, frame_scale: float = 1.0
             img = np.sqrt((img + tex.normal(0, sigma, img.shape)) ** 2 + tex.normal(0, sigma, img.shape) ** 2)
             images.append((img * tex.uniform(300, 3000)).astype(np.float32))  # scanner units vary per case
     return np.stack(images), label
+
+
+def _contrast_levels(rng: np.random.Generator, classes: int, body: float, span: tuple[float, float],
+                     gap: float, *, visible: bool) -> np.ndarray:
+    """Intensity of the body and of each class in one modality. In the ``visible`` modality (the
+    first) every class differs by at least ``gap`` from what surrounds it (the body; the organ for
+    the nested core), as an annotator needs to see a boundary to draw it; the other modalities
+    are drawn freely, so some boundaries show only in some sequences."""
+    levels = [body]
+    for k in range(1, classes):
+        around = levels[1] if k == 2 else body
+        while True:
+            lvl = float(rng.uniform(*span))
+            if not visible or abs(lvl - around) >= gap:
+                break
+        levels.append(lvl)
+    return np.asarray(levels, np.float64)
 
 
 def _erode_inplane(mask: np.ndarray) -> np.ndarray:

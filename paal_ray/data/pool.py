@@ -96,12 +96,14 @@ def _resize_stack(arrs: list[np.ndarray], size: int, mode: str) -> np.ndarray:
 
     out = []
     for a in arrs:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        if a.shape[-2:] != (size, size):
-            if mode == "nearest":
-                t = F.interpolate(t[None, None].float(), size=(size, size), mode="nearest")[0, 0].to(t.dtype)
-            else:
-                t = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+        if a.shape[-2:] == (size, size):
+            out.append(a)
+            continue
+        t = torch.from_numpy(np.array(a))  # a writable copy: Arrow buffers are read-only
+        if mode == "nearest":
+            t = F.interpolate(t[None, None].float(), size=(size, size), mode="nearest")[0, 0].to(t.dtype)
+        else:
+            t = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
         out.append(t.numpy())
     return np.stack(out)
 

@@ -32,6 +32,7 @@ class ModelSpec:
     decoder_dropout: float = 0.0
     ap_arch: str = "resnet18"
     ap_dropout: float = 0.5
+    ap_width: int = 64
     image_size: int | None = None
 
     @classmethod
@@ -39,7 +40,7 @@ class ModelSpec:
         return cls(
             in_channels=in_channels, num_classes=num_classes, encoder=model_cfg.encoder,
             encoder_depth=model_cfg.encoder_depth, base_width=model_cfg.base_width,
-            decoder_dropout=model_cfg.decoder_dropout, ap_arch=model_cfg.ap_arch,
+            decoder_dropout=model_cfg.decoder_dropout, ap_arch=model_cfg.ap_arch, ap_width=model_cfg.ap_width,
             ap_dropout=model_cfg.ap_dropout, image_size=model_cfg.image_size,
         )
 
@@ -48,7 +49,8 @@ class ModelSpec:
             self.encoder, self.in_channels, self.num_classes, encoder_depth=self.encoder_depth,
             base_width=self.base_width, decoder_dropout=self.decoder_dropout,
         )
-        ap = AccuracyPredictor(self.in_channels, self.num_classes, arch=self.ap_arch, dropout=self.ap_dropout)
+        ap = AccuracyPredictor(self.in_channels, self.num_classes, arch=self.ap_arch, dropout=self.ap_dropout,
+                                 width=self.ap_width)
         return seg, ap
 
 

@@ -25,7 +25,8 @@ def demo_overrides(pool: Path, runs: Path, rounds: int, seed: int) -> list[str]:
     # 4 logical CPUs on the local Ray: Ray Train's worker plus headroom for Ray Data, which stalls
     # behind training otherwise (the machine may still have only 2 cores).
     return [f"pool={pool}", f"workspace={runs}", f"seed={seed}", f"budget.rounds={rounds}",
-            "budget.init_ratio=0.05", "budget.max_ratio=0.2", "ray.num_cpus=4"]
+            "budget.init_ratio=0.05", "budget.max_ratio=0.2", "ray.num_cpus=4",
+            "scaling.cpus_per_worker=2", "scaling.score_threads=2"]
 
 
 def _run(strategy: str, overrides: list[str], echo: Callable[[str], None]) -> Path:
@@ -57,10 +58,24 @@ def dice_table(runs: dict[str, Path]) -> str:
             c = curves[name]
             cells.append(f"{c[i]['val_dice']:>12.4f}" if i < len(c) and c[i].get("val_dice") is not None else f"{'-':>12}")
         lines.append(f"{label:>6} {first['labeled_count']:>8} " + " ".join(cells))
+    # Per class at the end: where the strategies differ (small structures in few slices).
+    for name, c in curves.items():
+        final = c[-1] if c else {}
+        per = final.get("val_dice_per_class") or []
+        classes = _class_names(runs[name])[1:]
+        if per:
+            lines.append(f"{name} {final['kind']} per class: "
+                         + ", ".join(f"{n} {d:.3f}" for n, d in zip(classes, per[1:], strict=False)))
     return "\n".join(lines)
 
 
-def run_demo(workspace: str | Path, *, rounds: int = 3, seed: int = 0,
+def _class_names(root: Path) -> list[str]:
+    from paal_ray.data.pool import Pool
+
+    return Pool.open(load_config(RunPaths(root).config).pool).class_names
+
+
+def run_demo(workspace: str | Path, *, rounds: int = 2, seed: int = 0,
              echo: Callable[[str], None] = print) -> str:
     from paal_ray.cluster import connect
     from paal_ray.data.ingest import IngestOptions, ingest

@@ -207,10 +207,15 @@ class RunMachine:
                 "train_loss": e.get("train_loss"), "ap_loss": e.get("ap_loss"), "lr": e.get("lr"),
                 "seconds": e.get("seconds"),
             }
-            self.echo(f"  epoch {rec['epoch']:>4}  loss {_fmt(rec['train_loss'])}  val Dice {_fmt(rec['val_dice'])}"
-                      f"  AP err {_fmt(rec['ap_error'])}")
+            # No echo per epoch: the training workers print each epoch live as it ends.
             if ("epoch", r, rec["epoch"]) not in seen:
                 append_jsonl(self.paths.metrics, rec)
+
+    def _per_class(self, epoch: dict) -> str:
+        """' (organ 0.94, core 0.88, lesion 0.00)': the foreground classes of one epoch's validation."""
+        per = epoch.get("val_dice_per_class") or []
+        names = self.pool.class_names
+        return " (" + ", ".join(f"{n} {_fmt(d)}" for n, d in list(zip(names, per, strict=False))[1:]) + ")" if per else ""
 
     def _append_once(self, rec: dict) -> None:
         key = (rec["kind"], rec["round"], rec.get("epoch"))
@@ -223,7 +228,7 @@ class RunMachine:
         self._log_epochs(r, "query", result)
         last = result.epochs[-1] if result.epochs else {}
         self.echo(f"[round {r}] trained to epoch {result.global_epoch} (stopped by {result.stopped_by}); "
-                  f"val Dice {_fmt(last.get('val_dice'))}")
+                  f"val Dice {_fmt(last.get('val_dice'))}{self._per_class(last)}")
         self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
                    phase="query")
 
@@ -324,7 +329,7 @@ class RunMachine:
             "checkpoint": result.best_checkpoint or result.checkpoint,
         })
         self.echo(f"[final] {self.state.labeled_count} labelled, epoch {result.global_epoch} "
-                  f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}")
+                  f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}{self._per_class(best)}")
         self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
                    final_dice=final, phase="done")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 import zlib
@@ -83,7 +84,7 @@ def fresh_state(spec: RoundSpec) -> dict[str, Any]:
         "version": STATE_VERSION, "global_epoch": 0, "round_index": 0, "round_name": spec.name,
         "round_start_epoch": 0, "phase": spec.phase, "epochs": [], "best_score": float("-inf"),
         "triggers": {
-            "iq": IQTrigger(sc.iq_patience, sc.iq_min_delta).state_dict(),
+            "iq": IQTrigger(sc.iq_patience, sc.iq_min_delta, warmup=spec.config.train.warmup_epochs).state_dict(),
             "fixed": FixedIntervalTrigger(sc.fixed_warmup, sc.fixed_interval).state_dict(),
             "early_stop": EarlyStopping(sc.early_stop_patience).state_dict(),
         },
@@ -148,6 +149,14 @@ def _move_into_storage(checkpoint, dir_name: str):
 
 
 # -- the worker function ------------------------------------------------------------------------
+def say(line: str) -> None:
+    """One progress line to the worker's stdout (Ray forwards it to the driver). Not ``print``:
+    Ray Train patches print in its workers to also copy each line to its logger, which the driver
+    would then show twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -195,8 +204,8 @@ def train_loop_per_worker(config: dict) -> None:
         for stale in run_dir.glob(".ckpt-tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     if rank == 0:
-        print(f"[{spec.name}] {source} at global epoch {state['global_epoch']}: {len(data)} training slices "
-              f"({len(data) - len(train)} pseudo-labelled), {world} worker(s) on {device.type}", flush=True)
+        say(f"[{spec.name}] {source} at global epoch {state['global_epoch']}: {len(data)} training slices "
+              f"({len(data) - len(train)} pseudo-labelled), {world} worker(s) on {device.type}")
 
     _run_epochs(spec, engine, state, data, val, rank, run_dir)
 
@@ -205,7 +214,7 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
                 rank: int, run_dir: Path) -> None:
 
     sc = spec.config.schedule
-    iq = IQTrigger(sc.iq_patience, sc.iq_min_delta)
+    iq = IQTrigger(sc.iq_patience, sc.iq_min_delta, warmup=spec.config.train.warmup_epochs)
     fixed = FixedIntervalTrigger(sc.fixed_warmup, sc.fixed_interval)
     early = EarlyStopping(sc.early_stop_patience)
     iq.load_state_dict(state["triggers"]["iq"])
@@ -244,10 +253,9 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         state["epochs"] = [*state["epochs"], record]
         if rank == 0:
             ap = "silent" if tr["ap_loss"] is None else f"{tr['ap_loss']:.4f}"
-            print(f"[{spec.name}] epoch {g + 1} (round {round_epoch}) loss {tr['train_loss']:.4f} ap_loss {ap} "
+            say(f"[{spec.name}] epoch {g + 1} (round {round_epoch}) loss {tr['train_loss']:.4f} ap_loss {ap} "
                   f"val_dice {score:.4f} ap_mae {va['val_ap_mae']:.4f} lr {tr['lr']:.2e} "
-                  f"{tr['train_slices_per_s']:.0f} slices/s" + (f" -> end: {stopped_by}" if stopped_by else ""),
-                  flush=True)
+                  f"{tr['train_slices_per_s']:.0f} slices/s" + (f" -> end: {stopped_by}" if stopped_by else ""))
         _report(spec, engine, state, record, rank, run_dir)
         _maybe_inject_fault(spec, rank, round_epoch, run_dir)
         if stopped_by is not None:
@@ -293,5 +301,5 @@ def _maybe_inject_fault(spec: RoundSpec, rank: int, round_epoch: int, run_dir: P
     if marker.exists():
         return
     marker.write_text("fired\n")
-    print(f"[{spec.name}] fault injection: rank {rank} exits after round epoch {round_epoch}", flush=True)
+    say(f"[{spec.name}] fault injection: rank {rank} exits after round epoch {round_epoch}")
     os._exit(1)

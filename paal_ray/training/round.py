@@ -68,6 +68,8 @@ def _trainer(spec: RoundSpec):
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             # The latest checkpoint resumes the round; one more guards against a torn latest.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Our workers print one line per epoch; Ray Train's INFO lines (one per report) drown it.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),

@@ -6,7 +6,7 @@ survive worker restarts, driver restarts and the passage from one round to the n
 
 - ``IQTrigger``: incremental querying (paper section 3.4). Fires when the score has not improved by
   more than ``min_delta`` over the best so far for ``patience`` epochs. Firing resets the counter
-  only; the best score is never reset.
+  only; the best score is never reset. Epochs inside the LR warm-up are not counted.
 - ``FixedIntervalTrigger``: baselines and the "w/o IQ" ablation. Counts epochs of the whole run
   and fires after ``warmup`` epochs, then every ``interval`` epochs.
 - ``EarlyStopping``: the final phase. Fires after ``patience`` epochs without a new best.
@@ -51,16 +51,32 @@ class _PatienceTrigger:
 
 
 class IQTrigger(_PatienceTrigger):
+    """``warmup``: the first epochs of the run (the LR warm-up) are not counted. While the
+    learning rate still rises a flat validation curve says nothing about the labelled set, and a
+    tiny initial set would otherwise fire IQ before the model has learnt anything."""
+
     name = "iq"
 
-    def __init__(self, patience: int = 10, min_delta: float = 1e-3):
+    def __init__(self, patience: int = 10, min_delta: float = 1e-3, warmup: int = 0):
         super().__init__(patience, min_delta)
+        self.warmup = warmup
+        self.epochs = 0  # epochs of the whole run seen so far
 
     def update(self, score: float) -> bool:
+        self.epochs += 1
+        if self.epochs <= self.warmup:
+            return False
         fired = super().update(score)
         if fired:
             self.counter = 0  # a query happens now; the best score stays
         return fired
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.epochs = int(state.get("epochs", self.warmup))  # older checkpoints: past the warm-up
 
 
 class FixedIntervalTrigger:
@@ -91,8 +107,8 @@ class EarlyStopping(_PatienceTrigger):
         super().__init__(patience, min_delta)
 
 
-def query_trigger(schedule_cfg) -> IQTrigger | FixedIntervalTrigger:
-    """The trigger that ends a query round, from ``cfg.schedule``."""
+def query_trigger(schedule_cfg, warmup_epochs: int = 0) -> IQTrigger | FixedIntervalTrigger:
+    """The trigger that ends a query round, from ``cfg.schedule`` (IQ skips the LR warm-up)."""
     if schedule_cfg.mode == "iq":
-        return IQTrigger(schedule_cfg.iq_patience, schedule_cfg.iq_min_delta)
+        return IQTrigger(schedule_cfg.iq_patience, schedule_cfg.iq_min_delta, warmup=warmup_epochs)
     return FixedIntervalTrigger(schedule_cfg.fixed_warmup, schedule_cfg.fixed_interval)

@@ -46,6 +46,20 @@ def test_modalities_show_different_contrast_with_noise_and_bias():
     assert image[0][organ].std() > 0  # noise + texture + bias, not flat labels
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_every_structure_is_visible_in_the_first_modality(seed):
+    """An annotator must see a boundary to draw it: in the first sequence each class differs
+    from what surrounds it (the body; the organ for the nested core), for any seed."""
+    image, label = make_volume(PhantomSpec(size=64, slices=16, seed=seed), 0)
+    img = image[0] / image[0].max()
+    body = (label == 0) & (img > 0.1)
+    mean = {k: float(img[label == k].mean()) for k in (1, 2, 3)}
+    around = {1: float(img[body].mean()), 2: mean[1], 3: float(img[body].mean())}
+    noise = float(img[body].std())  # texture, bias field and noise of the unlabelled tissue
+    for k, m in mean.items():
+        assert abs(m - around[k]) > 1.5 * noise, (k, m, around[k], noise)  # contrast-to-noise > 1.5
+
+
 def test_ct_phantoms_are_int16_hounsfield():
     image, _ = make_volume(PhantomSpec(size=32, slices=8, kind="ct"), 0)
     assert image.dtype == np.int16 and image.min() < -900 and image.max() < 1000

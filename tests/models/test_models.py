@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 
 from paal_ray.models import (
     AccuracyPredictor,
@@ -53,6 +54,22 @@ def test_accuracy_predictor_shapes_and_range():
         ap(torch.rand(4, 1, 32, 32), torch.rand(4, 3, 32, 32))
 
 
+def test_narrow_accuracy_predictor_keeps_resnet18_depth_at_a_fraction_of_the_cost():
+    full = AccuracyPredictor(in_channels=4, num_classes=4)
+    narrow = AccuracyPredictor(in_channels=4, num_classes=4, width=16)
+    assert isinstance(full.backbone, torchvision.models.ResNet) and full.backbone.conv1.out_channels == 64
+    assert narrow.backbone.conv1.in_channels == 8 and narrow.backbone.conv1.out_channels == 16
+    assert narrow.backbone.layer4[-1].conv2.out_channels == 128 and narrow.head[1].in_features == 128
+    assert [len(getattr(narrow.backbone, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    n_full = sum(p.numel() for p in full.parameters())
+    n_narrow = sum(p.numel() for p in narrow.parameters())
+    assert n_narrow < n_full / 12  # a quarter of the width: ~1/16 of the weights
+    out = narrow(torch.randn(3, 4, 64, 64), torch.softmax(torch.randn(3, 4, 64, 64), 1))
+    assert out.shape == (3, 4) and ((out > 0) & (out < 1)).all()
+    with pytest.raises(ValueError, match="width"):
+        AccuracyPredictor(in_channels=1, num_classes=2, width=2)
+
+
 def test_segmentation_loss_prefers_the_right_answer_and_ignores_background_in_dice():
     labels = torch.zeros(2, 8, 8, dtype=torch.long)
     labels[:, 2:6, 2:6] = 1
@@ -84,7 +101,7 @@ def test_smp_segmenter_builds_without_download():
 
 
 def test_bundle_round_trip_keeps_weights_and_extensions(tmp_path):
-    spec = ModelSpec(in_channels=1, num_classes=3, encoder="plain_unet", encoder_depth=2, base_width=4)
+    spec = ModelSpec(in_channels=1, num_classes=3, encoder="plain_unet", encoder_depth=2, base_width=4, ap_width=8)
     seg, ap = spec.build()
     save_model_bundle(tmp_path, spec, seg, ap, extensions={"lpl": {"x": torch.ones(2)}}, meta={"epoch": 3})
     b = load_model_bundle(tmp_path)

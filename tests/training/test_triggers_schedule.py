@@ -40,6 +40,17 @@ def test_iq_state_round_trip_continues_identically():
     assert _fires(a, [0.3, 0.3, 0.3, 0.3]) == _fires(b, [0.3, 0.3, 0.3, 0.3]) == [2]
 
 
+def test_iq_does_not_count_the_lr_warm_up_and_remembers_it_across_rounds():
+    flat = [0.002] * 6  # a model still predicting background only
+    assert _fires(IQTrigger(patience=2), flat) == [3, 5]
+    t = IQTrigger(patience=2, warmup=3)
+    assert _fires(t, flat[:3]) == []  # warm-up: neither counted nor taken as the best score
+    assert t.best == float("-inf") and t.counter == 0
+    u = IQTrigger(patience=2, warmup=3)
+    u.load_state_dict(t.state_dict())  # the next round knows the warm-up is over
+    assert _fires(u, flat[3:]) == [3]  # epoch 4 sets the best; 5 and 6 do not beat it
+
+
 def test_fixed_interval_fires_after_warmup_then_every_interval_across_rounds():
     t = FixedIntervalTrigger(warmup=10, interval=5)
     assert _fires(t, [0.5] * 10) == [10]
@@ -56,7 +67,8 @@ def test_early_stopping_patience_and_improvement():
 
 
 def test_query_trigger_follows_schedule_mode():
-    assert isinstance(query_trigger(ScheduleConfig(mode="iq")), IQTrigger)
+    iq = query_trigger(ScheduleConfig(mode="iq"), warmup_epochs=4)
+    assert isinstance(iq, IQTrigger) and iq.warmup == 4
     fixed = query_trigger(ScheduleConfig(mode="fixed", fixed_warmup=2, fixed_interval=3))
     assert isinstance(fixed, FixedIntervalTrigger) and _fires(fixed, [0.0] * 6) == [2, 5]
 
