@@ -1,7 +1,7 @@
 """CPU benchmark: a full PAAL query on Ray Data vs a plain single-process PyTorch loop.
 
 Writes a phantom-like pool with the Brain Tumour slice count (66,512 slices, 4 x 64 x 64 float16,
-many Parquet shards) and a random-init light model bundle (plain U-Net + ResNet-18 AP), then times:
+many Parquet shards) and a random-init light model bundle (the CPU preset's plain U-Net + narrow ResNet-18 AP), then times:
 
   ray    run_query (Ray Data actor pool scoring, KMeans, weighted polling, selection table)
   plain  the same work in one process: read each shard with pyarrow, the same ScoreComputer,
@@ -90,14 +90,15 @@ def write_pool(path: Path, n: int, size: int, channels: int, classes: int, shard
     }))
 
 
-def write_bundle(path: Path, channels: int, classes: int, base_width: int = 8):
+def write_bundle(path: Path, channels: int, classes: int, base_width: int = 8, ap_width: int = 16):
+    """The CPU preset's models (plain U-Net, ResNet-18 AP of width 16), random weights."""
     import torch
 
     from paal_ray.models import ModelSpec, save_model_bundle
 
     torch.manual_seed(0)
     spec = ModelSpec(in_channels=channels, num_classes=classes, encoder="plain_unet", encoder_depth=4,
-                     base_width=base_width)
+                     base_width=base_width, ap_width=ap_width)
     seg, ap = spec.build()
     save_model_bundle(path, spec, seg, ap)
 

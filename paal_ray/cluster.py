@@ -8,6 +8,7 @@ the rest of the product only sees ``ray``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import ray
@@ -36,7 +37,8 @@ def connect(
         return RaySession(address=address, local=address is None)
     if address:
         ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
-        configure_data_context()
+        # Progress bars only on a terminal: in `ray job submit` logs they are thousands of lines.
+        configure_data_context(progress_bars=sys.stdout.isatty())
         return RaySession(address=address, local=False)
     # A throwaway local cluster needs no token; a user's own setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -43,7 +43,9 @@ def ray_head():
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     log = open(temp / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Its own process group: raylet, GCS and workers are children of `ray start`, and a graceful
+    # shutdown of all of them takes ~30 s on 2 cores; the group is ended as a whole afterwards.
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
         from ray.job_submission import JobSubmissionClient
@@ -61,9 +63,14 @@ def ray_head():
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(60)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # only this head's group: never other Ray processes
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
