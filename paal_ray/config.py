@@ -50,7 +50,9 @@ class ScheduleConfig(_Strict):
     fixed_interval: int = 5
     early_stop_patience: int = 40
     max_epochs: int = 400
-    max_epochs_per_round: int | None = Field(None, description="safety cap on one round's epochs")
+    max_epochs_per_round: int | None = Field(None, description="cap on a query round's epochs (None: the trigger decides)")
+    max_final_epochs: int | None = Field(
+        None, description="cap on the final phase's epochs (None: early stopping or max_epochs decides)")
 
 
 class AugmentConfig(_Strict):

@@ -240,7 +240,8 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
                 stopped_by = early.name
             elif state["global_epoch"] >= sc.max_epochs:
                 stopped_by = "max_epochs"
-        if stopped_by is None and sc.max_epochs_per_round is not None and round_epoch >= sc.max_epochs_per_round:
+        cap = sc.max_epochs_per_round if spec.phase == "query" else sc.max_final_epochs
+        if stopped_by is None and cap is not None and round_epoch >= cap:
             stopped_by = "max_epochs"
         state["best_score"] = max(float(state["best_score"]), score)
         state["triggers"] = {"iq": iq.state_dict(), "fixed": fixed.state_dict(), "early_stop": early.state_dict()}

@@ -27,11 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 def tiny(pool: Path, workspace: Path, name: str = "run", strategy: str = "paal") -> list[str]:
-    """10 phantom patients, fold 0: 128 training slices; init 6, two rounds of 6; 2 epochs a round."""
+    """10 phantom patients, fold 0: 128 training slices; init 6, two rounds of 6; 2 epochs a round and 2 final."""
     sets = [f"pool={pool}", f"workspace={workspace}", f"name={name}", f"strategy.name={strategy}",
             "budget.init_ratio=0.05", "budget.max_ratio=0.15", "budget.rounds=2",
-            "schedule.max_epochs_per_round=2", "train.samples_per_epoch=32", "train.batch_size=16",
-            "train.augment.enabled=false", "ray.num_cpus=4"]
+            "schedule.max_epochs_per_round=2", "schedule.max_final_epochs=2", "train.samples_per_epoch=32",
+            "train.batch_size=16", "train.augment.enabled=false", "ray.num_cpus=4"]
     return [a for s in sets for a in ("--set", s)]
 
 

@@ -85,7 +85,7 @@ def test_run_al_job_on_a_real_head(ray_head, blob_pool, tmp_path):
     runtime_env["env_vars"]["RAY_AUTH_MODE"] = "disabled"
     sets = [f"pool={blob_pool}", f"workspace={tmp_path}", "name=job", "strategy.name=random",
             "budget.init_ratio=0.1", "budget.max_ratio=0.3", "budget.rounds=1", "model.image_size=32",
-            "schedule.max_epochs_per_round=1", "train.samples_per_epoch=16", "train.batch_size=8",
+            "schedule.max_epochs_per_round=1", "schedule.max_final_epochs=1", "train.samples_per_epoch=16", "train.batch_size=8",
             "train.augment.enabled=false"]
     entry = f"{sys.executable} jobs/run_al.py --config cpu " + " ".join(f"--set {s}" for s in sets)
     job = client.submit_job(entrypoint=entry, runtime_env=runtime_env)

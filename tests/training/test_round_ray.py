@@ -50,7 +50,7 @@ def test_two_workers_learn_and_the_next_round_continues_the_schedule(ray_session
     assert load_model_bundle(r.checkpoint).meta["global_epoch"] == 6
     assert Path(r.checkpoint).parent == Path(spec.storage_path) / "round-000"
 
-    final = _spec(blob_pool, tmp_path, "final", "scaling.num_workers=2", "schedule.max_epochs_per_round=2",
+    final = _spec(blob_pool, tmp_path, "final", "scaling.num_workers=2", "schedule.max_final_epochs=2",
                   phase="final", init_checkpoint=r.checkpoint, seed=1)
     f = train_round(final)
     assert [e["global_epoch"] for e in f.epochs] == [7, 8] and f.global_epoch == 8
