@@ -7,12 +7,14 @@ side by side. Every step is the product's own code path; re-running resumes what
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from paal_ray.atomic import read_jsonl
 from paal_ray.config import load_config
+from paal_ray.data.pool import Pool
 from paal_ray.runs.machine import RunMachine
 from paal_ray.runs.report import write_learning_curve
 from paal_ray.runs.state import RunPaths
@@ -58,21 +60,24 @@ def dice_table(runs: dict[str, Path]) -> str:
             c = curves[name]
             cells.append(f"{c[i]['val_dice']:>12.4f}" if i < len(c) and c[i].get("val_dice") is not None else f"{'-':>12}")
         lines.append(f"{label:>6} {first['labeled_count']:>8} " + " ".join(cells))
-    # Per class at the end: where the strategies differ (small structures in few slices).
+    # Per class at the end, and what each strategy chose to label: where strategies differ
+    # (small structures in few slices).
     for name, c in curves.items():
         final = c[-1] if c else {}
         per = final.get("val_dice_per_class") or []
-        classes = _class_names(runs[name])[1:]
+        pool = Pool.open(load_config(RunPaths(runs[name]).config).pool)
+        classes = pool.class_names[1:]
         if per:
-            lines.append(f"{name} {final['kind']} per class: "
+            lines.append(f"{name} {final['kind']} Dice per class: "
                          + ", ".join(f"{n} {d:.3f}" for n, d in zip(classes, per[1:], strict=False)))
+        labelled_path = RunPaths(runs[name]).labelled
+        if labelled_path.is_file():
+            ids = set(json.loads(labelled_path.read_text())["labelled"])
+            present = pool.index(["slice_id", "present"]).to_pydict()
+            shown = [flags for sid, flags in zip(present["slice_id"], present["present"], strict=True) if sid in ids]
+            lines.append(f"{name} labelled {len(shown)} slices; showing each class: " + ", ".join(
+                f"{n} {sum(f[k] for f in shown)}" for k, n in enumerate(classes, start=1)))
     return "\n".join(lines)
-
-
-def _class_names(root: Path) -> list[str]:
-    from paal_ray.data.pool import Pool
-
-    return Pool.open(load_config(RunPaths(root).config).pool).class_names
 
 
 def run_demo(workspace: str | Path, *, rounds: int = 2, seed: int = 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from paal_ray.data.pool import Pool
 from paal_ray.runs.demo import dice_table
 from tests.conftest import make_blob_pool
 
@@ -34,5 +35,10 @@ def test_dice_table_rows_by_round_and_final_per_class(tmp_path):
     assert lines[1].split() == ["0", "12", "0.6000", "0.6000"]
     assert lines[2].split() == ["1", "31", "0.7000", "-"]  # a missing value shows as "-"
     assert lines[3].split() == ["final", "50", "0.9000", "-"]  # the random run has not finished
-    assert lines[4] == "paal final per class: c1 0.950, c2 0.900, c3 0.850"
-    assert len(lines) == 5  # no per-class line without per-class values
+    assert lines[4] == "paal final Dice per class: c1 0.950, c2 0.900, c3 0.850"
+    assert len(lines) == 5  # no per-class line without values, no labelled line without labelled.json
+    ids = Pool.open(pool).index(["slice_id", "present"]).to_pydict()
+    (paal / "labelled.json").write_text(json.dumps({"labelled": ids["slice_id"]}))
+    counts = [sum(f[k] for f in ids["present"]) for k in (1, 2, 3)]
+    assert dice_table({"paal": paal}).splitlines()[-1] == (
+        f"paal labelled 1 slices; showing each class: c1 {counts[0]}, c2 {counts[1]}, c3 {counts[2]}")
