@@ -1,8 +1,8 @@
 """The Accuracy Predictor (AP): a ResNet-18 that predicts the segmenter's per-class Dice on a slice.
 
 ``width`` is the channel count of the first stage (64 in ResNet-18, the paper's). The CPU preset
-uses a narrower ResNet-18 (same depth and blocks, a quarter of the work at width 32): at 64 px the
-full width costs several times the light segmenter's step and would dominate a laptop run.
+uses a narrower ResNet-18 (same depth and blocks, width 16; the work scales with width squared):
+at 64 px the full width costs ~3x the light segmenter's step and would dominate a laptop run.
 
 Input is the image concatenated with the segmenter's class probabilities (both detached by the
 caller), so the first convolution takes in_channels + num_classes channels. Head: global average
