@@ -26,7 +26,7 @@ from paal_ray.models.bundle import BUNDLE_FILE, ModelSpec, save_model_bundle
 from paal_ray.training import extensions
 from paal_ray.training.api import RoundSpec
 from paal_ray.training.engine import RoundEngine, SliceSet
-from paal_ray.training.triggers import EarlyStopping, FixedIntervalTrigger, IQTrigger
+from paal_ray.training.triggers import build_triggers
 
 TRAIN_STATE_FILE = "train_state.pt"
 STATE_VERSION = 1
@@ -78,16 +78,15 @@ def read_round_slices(iterator, spec: RoundSpec, extra_ids: dict[str, list[str]]
 
 
 # -- state ------------------------------------------------------------------------------------
+def _triggers(spec: RoundSpec) -> dict:
+    return build_triggers(spec.config.schedule, spec.config.train.warmup_epochs)
+
+
 def fresh_state(spec: RoundSpec) -> dict[str, Any]:
-    sc = spec.config.schedule
     return {
         "version": STATE_VERSION, "global_epoch": 0, "round_index": 0, "round_name": spec.name,
         "round_start_epoch": 0, "phase": spec.phase, "epochs": [], "best_score": float("-inf"),
-        "triggers": {
-            "iq": IQTrigger(sc.iq_patience, sc.iq_min_delta, warmup=spec.config.train.warmup_epochs).state_dict(),
-            "fixed": FixedIntervalTrigger(sc.fixed_warmup, sc.fixed_interval).state_dict(),
-            "early_stop": EarlyStopping(sc.early_stop_patience).state_dict(),
-        },
+        "triggers": {name: t.state_dict() for name, t in _triggers(spec).items()},
         "stopped_by": None, "best_checkpoint": None, "extension": spec.extension, "starts": [],
         # Randomness is re-derived from (seed, global epoch, rank, purpose) at every epoch, so a
         # resumed round draws exactly what an uninterrupted one would have drawn.
@@ -98,13 +97,12 @@ def fresh_state(spec: RoundSpec) -> dict[str, Any]:
 def start_next_round(prev: dict[str, Any], spec: RoundSpec) -> dict[str, Any]:
     """State at the start of a round that continues from the previous round's checkpoint."""
     state = dict(prev)
-    sc = spec.config.schedule
     state.update(
         round_index=int(prev["round_index"]) + 1, round_name=spec.name, round_start_epoch=int(prev["global_epoch"]),
         phase=spec.phase, epochs=[], stopped_by=None, best_checkpoint=None, extension=spec.extension, starts=[],
     )
     state["triggers"] = dict(prev["triggers"])
-    state["triggers"]["early_stop"] = EarlyStopping(sc.early_stop_patience).state_dict()  # per final phase
+    state["triggers"]["early_stop"] = _triggers(spec)["early_stop"].state_dict()  # per final phase
     state["rng"] = {"seed": spec.seed, "scheme": prev["rng"]["scheme"]}
     return state
 
@@ -214,13 +212,10 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
                 rank: int, run_dir: Path) -> None:
 
     sc = spec.config.schedule
-    iq = IQTrigger(sc.iq_patience, sc.iq_min_delta, warmup=spec.config.train.warmup_epochs)
-    fixed = FixedIntervalTrigger(sc.fixed_warmup, sc.fixed_interval)
-    early = EarlyStopping(sc.early_stop_patience)
-    iq.load_state_dict(state["triggers"]["iq"])
-    fixed.load_state_dict(state["triggers"]["fixed"])
-    early.load_state_dict(state["triggers"]["early_stop"])
-    query_trigger = iq if sc.mode == "iq" else fixed
+    triggers = _triggers(spec)
+    for name, trigger in triggers.items():
+        trigger.load_state_dict(state["triggers"][name])
+    query_trigger, early = triggers[sc.mode], triggers["early_stop"]
 
     while True:
         g = int(state["global_epoch"])
@@ -244,7 +239,7 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         if stopped_by is None and cap is not None and round_epoch >= cap:
             stopped_by = "max_epochs"
         state["best_score"] = max(float(state["best_score"]), score)
-        state["triggers"] = {"iq": iq.state_dict(), "fixed": fixed.state_dict(), "early_stop": early.state_dict()}
+        state["triggers"] = {name: t.state_dict() for name, t in triggers.items()}
         state["stopped_by"] = stopped_by
         record = {"round": spec.name, "global_epoch": g + 1, "round_epoch": round_epoch, "lr": tr["lr"],
                   "train_loss": tr["train_loss"], "ap_loss": tr["ap_loss"], "ext_loss": tr["ext_loss"],

@@ -107,8 +107,15 @@ class EarlyStopping(_PatienceTrigger):
         super().__init__(patience, min_delta)
 
 
+def build_triggers(schedule_cfg, warmup_epochs: int = 0) -> dict[str, IQTrigger | FixedIntervalTrigger | EarlyStopping]:
+    """Every trigger of a run, keyed by name (``iq`` and ``fixed`` are also ``schedule.mode``'s
+    values): the training loop keeps all their states in each checkpoint. IQ skips the LR warm-up."""
+    sc = schedule_cfg
+    return {"iq": IQTrigger(sc.iq_patience, sc.iq_min_delta, warmup=warmup_epochs),
+            "fixed": FixedIntervalTrigger(sc.fixed_warmup, sc.fixed_interval),
+            "early_stop": EarlyStopping(sc.early_stop_patience)}
+
+
 def query_trigger(schedule_cfg, warmup_epochs: int = 0) -> IQTrigger | FixedIntervalTrigger:
-    """The trigger that ends a query round, from ``cfg.schedule`` (IQ skips the LR warm-up)."""
-    if schedule_cfg.mode == "iq":
-        return IQTrigger(schedule_cfg.iq_patience, schedule_cfg.iq_min_delta, warmup=warmup_epochs)
-    return FixedIntervalTrigger(schedule_cfg.fixed_warmup, schedule_cfg.fixed_interval)
+    """The trigger that ends a query round, from ``cfg.schedule``."""
+    return build_triggers(schedule_cfg, warmup_epochs)[schedule_cfg.mode]
