@@ -1,7 +1,8 @@
 """CPU benchmark: a full PAAL query on Ray Data vs a plain single-process PyTorch loop.
 
 Writes a phantom-like pool with the Brain Tumour slice count (66,512 slices, 4 x 64 x 64 float16,
-many Parquet shards) and a random-init light model bundle (the CPU preset's plain U-Net + narrow ResNet-18 AP), then times:
+many Parquet shards) and a random-init model bundle of the CPU preset (its plain U-Net and narrow
+ResNet-18 AP), then times:
 
   ray    run_query (Ray Data actor pool scoring, KMeans, weighted polling, selection table)
   plain  the same work in one process: read each shard with pyarrow, the same ScoreComputer,
@@ -43,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--labelled-frac", type=float, default=0.05, help="part of the pool already labelled")
     p.add_argument("--budget", type=int, default=299, help="b (Brain Tumour 5%% -> 0.5%% init, 10 rounds: 299)")
     p.add_argument("--strategy", default="paal")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="scoring batch (default: the CPU preset's)")
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (scoring actor and plain loop)")
     p.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores + 2)")
@@ -90,15 +91,20 @@ def write_pool(path: Path, n: int, size: int, channels: int, classes: int, shard
     }))
 
 
-def write_bundle(path: Path, channels: int, classes: int, base_width: int = 8, ap_width: int = 16):
-    """The CPU preset's models (plain U-Net, ResNet-18 AP of width 16), random weights."""
+def write_bundle(path: Path, channels: int, classes: int, base_width: int | None = None):
+    """The CPU preset's models (its plain U-Net and narrow ResNet-18 AP), random weights;
+    ``base_width`` overrides the segmenter's width (the tiny model of the memory runs)."""
+    import dataclasses
+
     import torch
 
+    from paal_ray.config import load_config
     from paal_ray.models import ModelSpec, save_model_bundle
 
     torch.manual_seed(0)
-    spec = ModelSpec(in_channels=channels, num_classes=classes, encoder="plain_unet", encoder_depth=4,
-                     base_width=base_width, ap_width=ap_width)
+    spec = ModelSpec.from_config(load_config("cpu", ["pool=unused"]).model, channels, classes)
+    if base_width is not None:
+        spec = dataclasses.replace(spec, base_width=base_width)
     seg, ap = spec.build()
     save_model_bundle(path, spec, seg, ap)
 
@@ -273,6 +279,10 @@ def spawn(args, phase: str, ckpt: Path, limit: int | None, strategy: str | None 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.batch_size is None:
+        from paal_ray.config import load_config
+
+        args.batch_size = load_config("cpu", ["pool=unused"]).scaling.score_batch_size
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.phase:
         print("RESULT " + json.dumps(run_phase(args)), flush=True)

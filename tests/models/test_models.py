@@ -57,7 +57,7 @@ def test_accuracy_predictor_shapes_and_range():
 def test_narrow_accuracy_predictor_keeps_resnet18_depth_at_a_fraction_of_the_cost():
     full = AccuracyPredictor(in_channels=4, num_classes=4)
     narrow = AccuracyPredictor(in_channels=4, num_classes=4, width=16)
-    assert isinstance(full.backbone, torchvision.models.ResNet) and full.backbone.conv1.out_channels == 64
+    assert full.backbone.conv1.out_channels == 64
     assert narrow.backbone.conv1.in_channels == 8 and narrow.backbone.conv1.out_channels == 16
     assert narrow.backbone.layer4[-1].conv2.out_channels == 128 and narrow.head[1].in_features == 128
     assert [len(getattr(narrow.backbone, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
@@ -68,6 +68,35 @@ def test_narrow_accuracy_predictor_keeps_resnet18_depth_at_a_fraction_of_the_cos
     assert out.shape == (3, 4) and ((out > 0) & (out < 1)).all()
     with pytest.raises(ValueError, match="width"):
         AccuracyPredictor(in_channels=1, num_classes=2, width=2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_accuracy_predictor_backbone_is_torchvisions_resnet(arch):
+    """Same modules, names, shapes and parameter count as torchvision's ResNet (conv1 takes image +
+    probabilities, no fc); with the same weights it computes the same features."""
+    ap = AccuracyPredictor(in_channels=1, num_classes=2, arch=arch)  # 3 input channels, like torchvision's
+    tv = getattr(torchvision.models, arch)(weights=None)
+    tv.fc = torch.nn.Identity()
+    ours = ap.backbone.state_dict()
+    theirs = tv.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    tv.load_state_dict(ours)
+    ap.eval(), tv.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ap.backbone(x), tv(x), atol=1e-5)
+    with pytest.raises(ValueError, match="arch 'resnet50'"):
+        AccuracyPredictor(in_channels=1, num_classes=2, arch="resnet50")
+
+
+def test_ap_does_not_import_torchvision():
+    """torchvision costs 2-5 s of import in every scoring actor and training worker."""
+    import subprocess
+    import sys
+
+    code = "import sys, paal_ray.models, paal_ray.query.scoring; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_segmentation_loss_prefers_the_right_answer_and_ignores_background_in_dice():

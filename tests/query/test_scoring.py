@@ -140,3 +140,27 @@ def test_mc_dropout_passes_differ_repeat_for_a_seed_and_ignore_batching(tmp_path
 def test_mc_dropout_refuses_a_model_without_dropout(tmp_path):
     with pytest.raises(ScoringError, match="decoder_dropout > 0"):
         ScoreComputer(load_model_bundle(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"mc_probs"})))
+
+
+def test_score_actor_sets_its_torch_threads_in_the_thread_that_scores(tmp_path, monkeypatch):
+    """Ray calls actor methods in another thread than the constructor's, and OpenMP's thread count
+    is per thread: the actor must apply score_threads where it scores, once per thread."""
+    import threading
+
+    from paal_ray.query.scoring import ScoreActor
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append((threading.get_ident(), n)))
+    actor = ScoreActor(str(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"pred_acc"})), threads=3)
+    results = []
+
+    def score_twice():
+        results.append(actor(_table()))
+        results.append(actor(_table()))
+        results.append(threading.get_ident())
+
+    worker = threading.Thread(target=score_twice)
+    worker.start()
+    worker.join()
+    assert calls == [(results[2], 3)]  # in the scoring thread, not repeated on its second batch
+    assert results[0]["pred_acc"].shape == (6, K)
