@@ -79,26 +79,42 @@ def validate_mask(mask: np.ndarray, *, shape: tuple[int, int], num_classes: int,
 
 def read_mask_file(path: Path) -> np.ndarray:
     """A mask from .nii/.nii.gz, .png (grey levels = class indices) or .npy."""
-    name = path.name.lower()
+    return read_mask_bytes(path.read_bytes(), path.name, source=str(path))
+
+
+def mask_suffix(name: str) -> str:
+    """The mask format of a file name (one of ``MASK_SUFFIXES``), or MaskError."""
+    lower = name.lower()
+    for suffix in MASK_SUFFIXES:
+        if lower.endswith(suffix):
+            return suffix
+    raise MaskError(f"{name}: unsupported mask format (use one of {', '.join(MASK_SUFFIXES)})")
+
+
+def read_mask_bytes(data: bytes, name: str, *, source: str) -> np.ndarray:
+    """A mask from the bytes of a file called ``name`` (its suffix gives the format); errors name
+    ``source`` (a path, or the upload)."""
+    suffix = mask_suffix(name)
     try:
-        if name.endswith((".nii", ".nii.gz")):
+        if suffix in (".nii", ".nii.gz"):
+            import gzip
+
             import nibabel as nib
 
-            return np.asarray(nib.load(str(path)).dataobj)
-        if name.endswith(".png"):
+            raw = gzip.decompress(data) if suffix == ".nii.gz" else data
+            return np.asarray(nib.Nifti1Image.from_bytes(raw).dataobj)
+        if suffix == ".png":
             from PIL import Image
 
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 if im.mode not in ("L", "P", "I", "I;16"):
-                    raise MaskError(f"{path}: PNG mode {im.mode}; save masks as single-channel grey levels = class indices")
+                    raise MaskError(f"{source}: PNG mode {im.mode}; save masks as single-channel grey levels = class indices")
                 return np.asarray(im)
-        if name.endswith(".npy"):
-            return np.load(path, allow_pickle=False)
+        return np.load(io.BytesIO(data), allow_pickle=False)
     except MaskError:
         raise
     except Exception as e:  # a corrupt or truncated file: say which one
-        raise MaskError(f"{path}: cannot be read as a mask ({type(e).__name__}: {e})") from e
-    raise MaskError(f"{path}: unsupported mask format (use one of {', '.join(MASK_SUFFIXES)})")
+        raise MaskError(f"{source}: cannot be read as a {suffix} mask ({type(e).__name__}: {e})") from e
 
 
 def find_mask(inbox: Path, slice_id: str) -> Path | None:
@@ -110,29 +126,44 @@ def find_mask(inbox: Path, slice_id: str) -> Path | None:
     return None
 
 
-def _decode(row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_slice(row: dict) -> tuple[np.ndarray, np.ndarray | None]:
     image = np.frombuffer(row["image"], dtype=np.dtype(row["image_dtype"])).reshape(tuple(row["image_shape"]))
     label = None
-    if row["label"] is not None:
+    if row.get("label") is not None:
         label = np.frombuffer(row["label"], dtype=np.dtype(row["label_dtype"])).reshape(tuple(row["label_shape"]))
     return image, label
 
 
-def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path) -> Path:
-    """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json."""
-    import nibabel as nib
+def slice_png(image: np.ndarray) -> bytes:
+    """A slice [C, H, W] for annotators: its first channel as 8-bit grey (values clipped to 0..1)."""
     from PIL import Image
 
+    grey = np.clip(image[0].astype(np.float32), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((grey * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def slice_nifti(image: np.ndarray) -> bytes:
+    """A slice [C, H, W] for annotators: all channels as a gzipped NIfTI of shape [H, W, C]."""
+    import gzip
+
+    import nibabel as nib
+
+    hwc = np.transpose(image.astype(np.float32), (1, 2, 0))
+    return gzip.compress(nib.Nifti1Image(hwc, np.eye(4)).to_bytes(), mtime=0)
+
+
+def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path) -> Path:
+    """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json."""
     table = pool.read_slices(slice_ids, columns=["slice_id", "image", "image_dtype", "image_shape"])
     entries = []
     with atomic_directory(out_dir, overwrite=True) as tmp:
         for row in table.to_pylist():
-            image = np.frombuffer(row["image"], dtype=np.dtype(row["image_dtype"])).reshape(tuple(row["image_shape"]))
+            image, _ = decode_slice(row)
             stem = safe_name(row["slice_id"])
-            hwc = np.transpose(image.astype(np.float32), (1, 2, 0))
-            nib.save(nib.Nifti1Image(hwc, np.eye(4)), str(tmp / f"{stem}.nii.gz"))
-            grey = np.clip(image[0].astype(np.float32), 0, 1)
-            Image.fromarray((grey * 255).round().astype(np.uint8), mode="L").save(tmp / f"{stem}.png")
+            (tmp / f"{stem}.nii.gz").write_bytes(slice_nifti(image))
+            (tmp / f"{stem}.png").write_bytes(slice_png(image))
             entries.append({"slice_id": row["slice_id"], "image_nifti": f"{stem}.nii.gz", "image_png": f"{stem}.png",
                             "mask": f"{stem}.nii.gz | {stem}.png | {stem}.npy", "shape": list(image.shape[1:])})
         atomic_write_json(tmp / "manifest.json", {
@@ -143,6 +174,11 @@ def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round
             "slices": entries,
         })
     return out_dir
+
+
+def inbox_path(paths: RunPaths, round_index: int, setting: str | None) -> Path:
+    """Where a round's masks are expected: ``oracle.inbox`` if set, else RUN/rounds/NNN/inbox."""
+    return Path(setting).absolute() if setting else paths.round_dir(round_index) / "inbox"
 
 
 class SimulatedOracle:
@@ -177,9 +213,7 @@ class HumanOracle:
         self.inbox_setting = inbox
 
     def inbox(self, round_index: int) -> Path:
-        if self.inbox_setting:
-            return Path(self.inbox_setting).absolute()
-        return self.paths.round_dir(round_index) / "inbox"
+        return inbox_path(self.paths, round_index, self.inbox_setting)
 
     def export_dir(self, round_index: int) -> Path:
         return self.paths.round_dir(round_index) / "annotate"
@@ -222,7 +256,7 @@ class HumanOracle:
         rows = self.pool.read_slices(slice_ids).to_pylist()
         errors, out = [], []
         for row in rows:
-            image, _ = _decode(row)
+            image, _ = decode_slice(row)
             try:
                 mask = validate_mask(read_mask_file(found[row["slice_id"]]), shape=tuple(image.shape[1:]),
                                      num_classes=self.pool.num_classes, source=str(found[row["slice_id"]]))

@@ -1,8 +1,16 @@
-"""The HTTP service (FastAPI) and its Ray Serve deployment.
+"""The selection service: FastAPI, runnable with uvicorn (`paal serve`) or on Ray Serve.
 
-For now it answers ``/health``; the selection and mask-upload routes come in a later issue (the
-upload route will reuse ``paal_ray.runs.oracle.validate_mask``). ``deployment`` is a Ray Serve
-application builder (``import_path: paal_ray.serve.app:deployment`` in deploy/serve.yaml): nothing
+Routes (one router per resource, ``paal_ray.serve.routers``) over the runs of one workspace:
+
+    GET  /health
+    GET  /runs                                   the runs, their phase, round, labelled count, Dice
+    GET  /runs/{name}                            one run with its learning curve
+    GET  /runs/{name}/selection[?round=R]        the selected slices, ranked, with scores
+    GET  /runs/{name}/images/{slice}?format=     a selected slice as PNG or NIfTI, for annotators
+    PUT  /runs/{name}/masks/{slice}?format=      an annotator's mask (body = the file)
+
+The logic lives in ``paal_ray.runs.catalog`` (no HTTP there). ``deployment`` is a Ray Serve
+application builder (``import_path: paal_ray.serve.app:deployment`` in deploy/serve.yaml); nothing
 is built at import time.
 """
 
@@ -13,30 +21,40 @@ from typing import Any
 from fastapi import FastAPI
 
 
-def create_app(workspace: str | None = None) -> FastAPI:
+def create_app(workspace: str) -> FastAPI:
     from paal_ray import __version__
+    from paal_ray.runs.catalog import RunCatalog
+    from paal_ray.serve.deps import install_error_handlers
+    from paal_ray.serve.routers import masks, runs, selections
 
-    app = FastAPI(title="paal-ray", version=__version__)
+    app = FastAPI(title="paal-ray", version=__version__,
+                  description="Active-learning selections for annotators: what to label next, and mask upload.")
+    app.state.catalog = RunCatalog(workspace)
+    install_error_handlers(app)
+    for module in (runs, selections, masks):
+        app.include_router(module.router)
 
-    @app.get("/health")
+    @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "workspace": workspace}
+        return {"status": "ok", "version": __version__, "workspace": str(app.state.catalog.workspace)}
 
     return app
 
 
 def deployment(args: dict[str, Any]):
-    """Ray Serve application builder: ``args`` come from the Serve config (``workspace``, ``num_replicas``)."""
+    """Ray Serve application builder: ``args`` come from the Serve config (``workspace``,
+    ``num_replicas``, ``num_cpus``). The workspace must be a folder every replica can read."""
     from ray import serve
 
-    workspace = args.get("workspace")
+    if not args.get("workspace"):
+        raise ValueError("serve config: args.workspace is required (the folder holding the runs)")
+    workspace = str(args["workspace"])
     fastapi_app = create_app(workspace)
 
     @serve.deployment(name="paal-api", num_replicas=int(args.get("num_replicas", 1)),
                       ray_actor_options={"num_cpus": float(args.get("num_cpus", 0.5))})
     @serve.ingress(fastapi_app)
     class PaalAPI:
-        def __init__(self, workspace: str | None):
-            self.workspace = workspace
+        pass
 
-    return PaalAPI.bind(workspace)
+    return PaalAPI.bind()

@@ -1,0 +1,1 @@
+"""One router per resource: runs, selections (and the selected slices' images), masks."""
