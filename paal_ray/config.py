@@ -147,6 +147,8 @@ class RunConfig(_Strict):
     cv: CVConfig = Field(default_factory=CVConfig)
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     log_ap_health: bool = Field(True, description="log Pearson r of AP vs actual Dice on unlabelled slices")
+    reuse_round0: bool = Field(True, description="adopt round 0 from a run in the same folder that trained it "
+                               "identically (same pool, initial set, seed and training config)")
 
 
 class ConfigError(ValueError):

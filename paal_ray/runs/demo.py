@@ -2,7 +2,8 @@
 
 phantoms -> ingest (64 px) -> a PAAL run and a random-selection run from the same initial set (same
 seed and fold), both with the CPU preset on the embedded local Ray -> validation Dice by round,
-side by side. Every step is the product's own code path; re-running resumes what is there.
+side by side. Every step is the product's own code path; re-running resumes what is there. The
+random run adopts the PAAL run's round 0 (identical training, see ``runs.shared_round``).
 """
 
 from __future__ import annotations

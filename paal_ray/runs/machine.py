@@ -21,6 +21,7 @@ from paal_ray.atomic import append_jsonl, atomic_write_json, atomic_write_text, 
 from paal_ray.config import RunConfig, dump_config, load_config
 from paal_ray.data.pool import Pool
 from paal_ray.query.api import QueryRequest, QueryResult
+from paal_ray.runs import shared_round
 from paal_ray.runs.oracle import make_oracle
 from paal_ray.runs.splits import derive_seed, initial_set, patient_fold_split
 from paal_ray.runs.state import Labelled, RunPaths, RunState, RunStateError
@@ -190,12 +191,27 @@ class RunMachine:
             import json
 
             pseudo = json.loads(self.paths.query_result(r - 1).read_text()).get("pseudo_ids", [])
-        self.echo(f"[{name}] training on {len(labelled)} labelled slices ({phase} phase)")
         spec = self._round_spec(phase, name, labelled, val_ids, derive_seed(self.cfg.seed, self.cfg.cv.fold,
                                                                             _SEED_TRAIN, r), pseudo)
-        result = self.services.train(spec)
+        share_key = self._round0_key(spec) if r == 0 and phase == "query" and self.cfg.reuse_round0 else None
+        result = shared_round.adopt(self.paths.root.parent, share_key, self.paths.train_storage / f"{name}-shared") \
+            if share_key else None
+        if result is not None:
+            self.echo(f"[{name}] round 0 adopted from a run that trained it identically "
+                      f"({shared_round.shared_folder(self.paths.root.parent, share_key)})")
+        else:
+            self.echo(f"[{name}] training on {len(labelled)} labelled slices ({phase} phase)")
+            result = self.services.train(spec)
+            if share_key:
+                shared_round.publish(self.paths.root.parent, share_key, result)
         atomic_write_json(result_path, asdict(result))
         return result
+
+    def _round0_key(self, spec: RoundSpec) -> str:
+        from paal_ray.provenance import versions
+
+        return shared_round.fingerprint(self.cfg, pool=str(self.pool.path), train_ids=spec.train_ids,
+                                        val_ids=spec.val_ids, extension=spec.extension, versions=versions())
 
     def _log_epochs(self, r: int, phase: str, result: RoundResult) -> None:
         seen = {(m.get("kind"), m.get("round"), m.get("epoch")) for m in read_jsonl(self.paths.metrics)}

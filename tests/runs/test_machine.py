@@ -160,3 +160,40 @@ def test_strategy_model_overrides_and_extension_reach_training(blob_pool, tmp_pa
     assert trainer.specs[0].extension == "lpl" and trainer.specs[0].config.model.decoder_dropout == 0.3
     # The effective config is saved, so a resumed run trains the same model.
     assert load_config(tmp_path / "r" / "config.yaml").model.decoder_dropout == 0.3
+
+
+def test_round0_is_trained_once_for_runs_that_would_train_it_identically(blob_pool, tmp_path):
+    """Same pool, initial set, seed and training config: the second run adopts round 0 (its own
+    copy); a different seed, a training extension or reuse_round0=false train it again."""
+    trainer = FakeTrainer()
+    services = Services(train=trainer, query=FakeQuery(), strategy=fake_strategy)
+
+    def run(name, **over):
+        cfg = small_cfg(blob_pool, tmp_path, name=name, **over)
+        RunMachine.create(cfg, services=services, echo=lambda s: None).run()
+        return tmp_path / name
+
+    def round0_trainings():
+        return sum(s.name == "round-000" for s in trainer.specs)
+
+    a = run("a")
+    b = run("b", **{"strategy.name": "other"})
+    assert round0_trainings() == 1
+    res_a = json.loads((a / "rounds" / "000" / "train.json").read_text())
+    res_b = json.loads((b / "rounds" / "000" / "train.json").read_text())
+    assert res_b["checkpoint"].startswith(str(b)) and Path(res_b["checkpoint"], "state.json").is_file()
+    assert {k: v for k, v in res_a.items() if k != "checkpoint"} == {k: v for k, v in res_b.items() if k != "checkpoint"}
+    assert json.loads(Path(res_b["checkpoint"], "state.json").read_text())["train_ids"] == labelled_of(a)[:3]
+    # Round 1 of b continues from its own copy; its metrics hold round 0's epochs like a's.
+    assert trainer.specs[-2].init_checkpoint.startswith(str(b))
+    assert [m for m in read_jsonl(RunPaths(b).metrics) if m["round"] == 0 and m["kind"] == "epoch"] == \
+        [m for m in read_jsonl(RunPaths(a).metrics) if m["round"] == 0 and m["kind"] == "epoch"]
+
+    run("c", seed=1)
+    assert round0_trainings() == 2
+    run("d", **{"strategy.params": "{extension: lpl}"})
+    assert round0_trainings() == 3
+    run("e", reuse_round0="false")
+    assert round0_trainings() == 4
+    run("f", **{"scaling.score_batch_size": 7, "strategy.name": "third"})  # query-only settings: shared
+    assert round0_trainings() == 4
