@@ -101,10 +101,10 @@ class RunCatalog:
         r = self._round(paths, state, round_index)
         table = self._selection_table(paths, r)
         rows = [{k: _json_safe(v) for k, v in row.items()} for row in table.to_pylist()]
-        inbox = self._inbox(paths, r)
+        inbox = self._inbox(paths, r, self._config(paths))
         annotating = state.phase == "annotate" and state.round == r and inbox is not None
-        for row in rows:
-            if annotating:
+        if annotating:
+            for row in rows:
                 row["mask_received"] = find_mask(inbox, row["slice_id"]) is not None
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         return {
@@ -146,7 +146,7 @@ class RunCatalog:
         row = pool.read_slices([slice_id], columns=["slice_id", "image_shape"]).to_pylist()[0]
         mask = validate_mask(read_mask_bytes(data, filename, source=source), shape=tuple(row["image_shape"][1:]),
                              num_classes=pool.num_classes, source=source)
-        inbox = self._inbox(paths, state.round)
+        inbox = self._inbox(paths, state.round, cfg)
         buf = io.BytesIO()
         np.save(buf, mask, allow_pickle=False)
         stem = safe_name(slice_id)
@@ -165,8 +165,8 @@ class RunCatalog:
     def _config(paths: RunPaths):
         return load_config(paths.config)
 
-    def _inbox(self, paths: RunPaths, r: int) -> Path | None:
-        cfg = self._config(paths)
+    @staticmethod
+    def _inbox(paths: RunPaths, r: int, cfg) -> Path | None:
         return inbox_path(paths, r, cfg.oracle.inbox) if cfg.oracle.kind == "human" else None
 
     @staticmethod

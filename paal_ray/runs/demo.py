@@ -105,5 +105,6 @@ def run_demo(workspace: str | Path, *, rounds: int = 2, seed: int = 0,
     echo("")
     echo(f"Validation Dice (mean foreground) by round, same initial set, seed {seed}:")
     echo(table)
-    echo(f"\n[demo] done in {time.perf_counter() - t0:.0f} s; `paal status {runs['paal']}` for details")
+    echo(f"\n[demo] done in {time.perf_counter() - t0:.0f} s; `paal status {runs['paal']}` for details, "
+         f"`paal serve {runs['paal'].parent}` to browse the selections over HTTP")
     return table

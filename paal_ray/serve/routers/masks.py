@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from paal_ray.runs.catalog import RunCatalog
-from paal_ray.runs.oracle import MASK_SUFFIXES
+from paal_ray.runs.oracle import MASK_SUFFIXES, safe_name
 from paal_ray.serve.deps import get_catalog
 
 router = APIRouter(prefix="/runs/{name}/masks", tags=["masks"])
@@ -32,4 +32,4 @@ async def put_mask(name: str, slice_id: str, request: Request,
         raise HTTPException(400, f"mask for slice {slice_id!r}: empty body (send the mask file as the request body)")
     if len(data) > MAX_MASK_BYTES:
         raise HTTPException(413, f"mask for slice {slice_id!r}: {len(data):,} bytes, more than {MAX_MASK_BYTES:,}")
-    return catalog.put_mask(name, slice_id, data, f"{slice_id.replace('/', '__')}.{format}")
+    return catalog.put_mask(name, slice_id, data, f"{safe_name(slice_id)}.{format}")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from paal_ray.runs.catalog import IMAGE_FORMATS, RunCatalog
+from paal_ray.runs.oracle import safe_name
 from paal_ray.serve.deps import get_catalog
 
 router = APIRouter(prefix="/runs/{name}", tags=["selections"])
@@ -28,6 +29,5 @@ def get_image(name: str, slice_id: str, format: str = Query("png", description="
               catalog: RunCatalog = Depends(get_catalog)) -> Response:
     """A selected slice to annotate: PNG (first channel) or NIfTI (all channels, H x W x C)."""
     data = catalog.image(name, slice_id, format)
-    stem = slice_id.replace("/", "__")
     return Response(content=data, media_type=_MEDIA[format],
-                    headers={"Content-Disposition": f'attachment; filename="{stem}.{format}"'})
+                    headers={"Content-Disposition": f'attachment; filename="{safe_name(slice_id)}.{format}"'})
