@@ -193,17 +193,17 @@ class RunMachine:
             pseudo = json.loads(self.paths.query_result(r - 1).read_text()).get("pseudo_ids", [])
         spec = self._round_spec(phase, name, labelled, val_ids, derive_seed(self.cfg.seed, self.cfg.cv.fold,
                                                                             _SEED_TRAIN, r), pseudo)
-        share_key = self._round0_key(spec) if r == 0 and phase == "query" and self.cfg.reuse_round0 else None
-        result = shared_round.adopt(self.paths.root.parent, share_key, self.paths.train_storage / f"{name}-shared") \
-            if share_key else None
+        runs_folder = self.paths.root.parent
+        key = self._round0_key(spec) if r == 0 and phase == "query" and self.cfg.reuse_round0 else None
+        result = shared_round.adopt(runs_folder, key, self.paths.train_storage / f"{name}-shared") if key else None
         if result is not None:
             self.echo(f"[{name}] round 0 adopted from a run that trained it identically "
-                      f"({shared_round.shared_folder(self.paths.root.parent, share_key)})")
+                      f"({shared_round.shared_folder(runs_folder, key)})")
         else:
             self.echo(f"[{name}] training on {len(labelled)} labelled slices ({phase} phase)")
             result = self.services.train(spec)
-            if share_key:
-                shared_round.publish(self.paths.root.parent, share_key, result)
+            if key:
+                shared_round.publish(runs_folder, key, result)
         atomic_write_json(result_path, asdict(result))
         return result
 
