@@ -176,9 +176,7 @@ class RunCatalog:
             if not done:
                 raise RunNotFound(f"run {paths.root.name!r}: no selection yet (phase {state.phase!r})")
             return min(state.round, done[-1])
-        if not paths.selection(round_index).is_file():
-            raise RunNotFound(f"run {paths.root.name!r}: round {round_index} has no selection")
-        return round_index
+        return round_index  # a round without a selection is reported when its table is read
 
     @staticmethod
     def _selection_table(paths: RunPaths, r: int):
