@@ -91,6 +91,13 @@ def write_pool(path: Path, n: int, size: int, channels: int, classes: int, shard
     }))
 
 
+def cpu_preset():
+    """The CPU preset, whose models and scoring batch the benchmark uses (its pool is ours)."""
+    from paal_ray.config import load_config
+
+    return load_config("cpu", ["pool=unused"])
+
+
 def write_bundle(path: Path, channels: int, classes: int, base_width: int | None = None):
     """The CPU preset's models (its plain U-Net and narrow ResNet-18 AP), random weights;
     ``base_width`` overrides the segmenter's width (the tiny model of the memory runs)."""
@@ -98,11 +105,10 @@ def write_bundle(path: Path, channels: int, classes: int, base_width: int | None
 
     import torch
 
-    from paal_ray.config import load_config
     from paal_ray.models import ModelSpec, save_model_bundle
 
     torch.manual_seed(0)
-    spec = ModelSpec.from_config(load_config("cpu", ["pool=unused"]).model, channels, classes)
+    spec = ModelSpec.from_config(cpu_preset().model, channels, classes)
     if base_width is not None:
         spec = dataclasses.replace(spec, base_width=base_width)
     seg, ap = spec.build()
@@ -280,9 +286,7 @@ def spawn(args, phase: str, ckpt: Path, limit: int | None, strategy: str | None 
 def main(argv=None):
     args = parse_args(argv)
     if args.batch_size is None:
-        from paal_ray.config import load_config
-
-        args.batch_size = load_config("cpu", ["pool=unused"]).scaling.score_batch_size
+        args.batch_size = cpu_preset().scaling.score_batch_size
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.phase:
         print("RESULT " + json.dumps(run_phase(args)), flush=True)

@@ -47,6 +47,8 @@ SLICE_SCHEMA = pa.schema(
     ]
 )
 META_COLUMNS = ["slice_id", "case_id", "patient_id", "slice_index", "present"]
+IMAGE_COLUMNS = ["slice_id", "image", "image_dtype", "image_shape"]  # what decoding an image needs
+LABEL_COLUMNS = ["label", "label_dtype", "label_shape"]
 MANIFEST = "manifest.json"
 SLICES_DIR = "slices"
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS
+
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ["slice_id", "image", "image_dtype", "image_shape"]
-LABEL_COLUMNS = ["label", "label_dtype", "label_shape"]
 # Scores that come from the deterministic (eval-mode) forward pass.
 _DETERMINISTIC_KEYS = {"probs_mean", "pixel_entropy", "pixel_least_conf", "pixel_margin", "features",
                        "pred_acc", "lpl_loss", "grad_embedding", "true_dice"}

@@ -21,7 +21,7 @@ import numpy as np
 
 from paal_ray.atomic import atomic_write_bytes, read_jsonl
 from paal_ray.config import load_config
-from paal_ray.data.pool import Pool
+from paal_ray.data.pool import IMAGE_COLUMNS, Pool
 from paal_ray.runs.oracle import (
     MASK_SUFFIXES,
     MaskError,
@@ -123,8 +123,7 @@ class RunCatalog:
         paths = self.paths(name)
         self._round_of(paths, RunState.load(paths), slice_id)  # only selected slices are handed out
         pool = Pool.open(self._config(paths).pool)
-        image, _ = decode_slice(pool.read_slices([slice_id], columns=["slice_id", "image", "image_dtype",
-                                                                     "image_shape"]).to_pylist()[0])
+        image, _ = decode_slice(pool.read_slices([slice_id], columns=IMAGE_COLUMNS).to_pylist()[0])
         return slice_png(image) if fmt == "png" else slice_nifti(image)
 
     # -- masks ----------------------------------------------------------------------------------

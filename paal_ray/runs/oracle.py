@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from paal_ray.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
-from paal_ray.data.pool import MANIFEST, SLICE_SCHEMA, SLICES_DIR, Pool, encode_slice_row
+from paal_ray.data.pool import IMAGE_COLUMNS, MANIFEST, SLICE_SCHEMA, SLICES_DIR, Pool, encode_slice_row
 from paal_ray.runs.state import RunPaths
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".png", ".npy")
@@ -156,7 +156,7 @@ def slice_nifti(image: np.ndarray) -> bytes:
 
 def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path) -> Path:
     """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json."""
-    table = pool.read_slices(slice_ids, columns=["slice_id", "image", "image_dtype", "image_shape"])
+    table = pool.read_slices(slice_ids, columns=IMAGE_COLUMNS)
     entries = []
     with atomic_directory(out_dir, overwrite=True) as tmp:
         for row in table.to_pylist():

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS
 from paal_ray.training import extensions
 from paal_ray.training.api import RoundResult, RoundSpec
 
-DATA_COLUMNS = ["slice_id", "image", "image_dtype", "image_shape", "label", "label_dtype", "label_shape"]
+DATA_COLUMNS = IMAGE_COLUMNS + LABEL_COLUMNS
 
 
 class RoundSpecError(ValueError):
