@@ -5,12 +5,14 @@ In one run:
      Brain Tumour format; 12 GiB, uncompressed Parquet) and a random-init ResNet-50 U-Net + AP bundle;
   2. model-only throughput: the scoring computation (segmenter + softmax + AP + pooled 2048-d
      features, bf16 autocast, channels_last, batch 256) on batches already on the GPU;
-  3. end-to-end throughput: run_query("paal") through Ray Data (reading Parquet, decoding,
-     host-to-device copies, the actor pool, KMeans, polling, writing the table), reported as the
-     whole query, and as the steady-state rate from the difference between a small (2,048) and
+  3. end-to-end throughput: run_query("paal") through Ray Data (the scoring actors read their
+     Parquet row groups, gather into pinned memory, copy to the GPU, run the models; then KMeans,
+     polling, writing the table), reported as the whole query, as the scoring stream's rate after
+     its first unit, and as the steady-state rate from the difference between a small (2,048) and
      the full pool's query times (the actor's start and CUDA warm-up are a fixed cost that a
      66k-slice pool amortises);
-  4. KMeans, torch backend, on 66,512 x 2048 features with K = 11 (cuML too when installed).
+  4. the same scoring pass with no model (read + gather + copy only): the data path's ceiling;
+  5. KMeans, torch backend, on 66,512 x 2048 features with K = 11 (cuML too when installed).
 
 Prints a table at the end. Goals: end to end >= 90% of model-only and >= 4,000 slices/s; KMeans
 < 1 s. Usage: ``python jobs/bench_query_gpu.py [--slices 24576] [--workdir /tmp/paal-gpu-bench]``
@@ -48,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--shard-slices", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--calls", type=int, default=4, help="scaling.score_calls_per_gpu_actor")
     p.add_argument("--model-batches", type=int, default=30, help="timed batches for the model-only figure")
     p.add_argument("--kmeans-n", type=int, default=66_512)
     p.add_argument("--kmeans-d", type=int, default=2048)
@@ -121,7 +124,7 @@ def model_only(args, ckpt: Path) -> float:
 def end_to_end(args, pool: Path, ckpt: Path, work: Path) -> dict:
     """One run_query("paal") over the whole pool (minus a 0.5% labelled set) through Ray Data."""
     from paal_ray.cluster import connect
-    from paal_ray.config import ScalingSettings, StrategyConfig
+    from paal_ray.config import StrategyConfig
     from paal_ray.data.pool import Pool
     from paal_ray.query import QueryRequest, run_query
 
@@ -133,55 +136,35 @@ def end_to_end(args, pool: Path, ckpt: Path, work: Path) -> dict:
     req = QueryRequest(
         pool_path=str(pool), unlabelled_ids=unlabelled, labelled_ids=labelled, checkpoint=str(ckpt),
         strategy=StrategyConfig(name="paal"), budget=299, seed=0, out_path=str(work / f"{pool.name}.parquet"),
-        scaling=ScalingSettings(use_gpu=not args.cpu_smoke, score_actors=args.actors, score_batch_size=args.batch_size,
-                                gpus_per_score_actor=1.0 / args.actors),
+        scaling=_scaling(args, args.calls),
     )
     res = run_query(req)
-    return {"n": len(unlabelled), **res.timings, "backend": res.kmeans_backend}
+    stream = res.extra.get("scoring_stream", {})
+    return {"n": len(unlabelled), **res.timings, "first_unit_s": stream.get("first_batch_s"),
+            "stream_rate": stream.get("stream_rate"), "backend": res.kmeans_backend}
 
 
-class _CopyOnly:
-    """A scoring actor that does everything but the model: decode and host-to-device copy."""
-
-    def __init__(self, use_gpu: bool):
-        import torch
-
-        self.torch, self.device = torch, "cuda" if use_gpu else "cpu"
-
-    def __call__(self, batch):
-        from paal_ray.query.scoring import fixed_arrays
-
-        chunks = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
-        total = 0.0
-        for c in chunks:
-            total += float(self.torch.from_numpy(c).to(self.device).float().mean())
-        return {"slice_id": np.asarray(batch.column("slice_id").to_pylist(), dtype=object),
-                "m": np.full(batch.num_rows, total, np.float32)}
-
-
-def pipeline_only(args, pool: Path) -> None:
-    """Where end-to-end time goes without the model: the Ray Data read alone, then read + decode +
-    host-to-device copy in the same actor pool layout as the query (explains a gap to model-only)."""
-    import ray
-
+def pipeline_only(args, pool: Path, ckpt: Path) -> None:
+    """Where end-to-end time goes without the model: the query's own scoring pass with nothing to
+    compute, so its actors only read their row groups, gather into pinned memory and copy to the
+    GPU (the ceiling the data path puts on end-to-end throughput)."""
     from paal_ray.cluster import connect
     from paal_ray.data.pool import Pool
+    from paal_ray.query.scoring import ScoreOptions, score_pool
 
     connect(None, num_cpus=os.cpu_count(), object_store_memory=None)
-    p = Pool.open(pool)
-    cols = ["slice_id", "image", "image_dtype", "image_shape"]
-    t0, n = time.perf_counter(), 0
-    for b in p.dataset(None, columns=cols).iter_batches(batch_size=args.batch_size, batch_format="pyarrow"):
-        n += b.num_rows
-    report("pipeline: Ray Data read only (driver iterates Arrow batches)", f"{n / (time.perf_counter() - t0):,.0f} slices/s")
-    ds = p.dataset(None, columns=cols).map_batches(
-        _CopyOnly, fn_constructor_kwargs={"use_gpu": not args.cpu_smoke}, batch_size=args.batch_size,
-        batch_format="pyarrow", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(size=args.actors),
-        num_gpus=0 if args.cpu_smoke else 1.0 / args.actors)
-    t0, n = time.perf_counter(), 0
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-        n += len(b["m"])
-    report(f"pipeline: read + decode + host-to-device, {args.actors} actor(s), no model", f"{n / (time.perf_counter() - t0):,.0f} slices/s")
+    ids = Pool.open(pool).slice_ids()
+    for calls in sorted({1, args.calls}):
+        t = score_pool(str(pool), ids, str(ckpt), ScoreOptions(needs=frozenset()), scaling=_scaling(args, calls))
+        report(f"pipeline: read + pinned gather + host-to-device, no model, {args.actors} actor(s) x {calls} call(s)",
+               f"{len(ids) / t.stats['wall_s']:,.0f} slices/s whole pass, {t.stats['stream_rate']:,.0f} after the first unit")
+
+
+def _scaling(args, calls: int):
+    from paal_ray.config import ScalingSettings
+
+    return ScalingSettings(use_gpu=not args.cpu_smoke, score_actors=args.actors, score_batch_size=args.batch_size,
+                           gpus_per_score_actor=1.0 / args.actors, score_calls_per_gpu_actor=calls)
 
 
 def bench_kmeans(args) -> None:
@@ -262,7 +245,7 @@ def main(argv=None):
                 report(f"end-to-end query, {runs[-1]['n']:,} slices", json.dumps(
                     {k: round(v, 3) if isinstance(v, float) else v for k, v in runs[-1].items()}))
             try:
-                pipeline_only(args, pool)
+                pipeline_only(args, pool, ckpt)
             except Exception as e:
                 report("pipeline", f"FAILED: {type(e).__name__}: {e}")
             small, full = runs

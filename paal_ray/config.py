@@ -104,6 +104,9 @@ class ScalingSettings(_Strict):
         1.0, gt=0, le=1,
         description="GPU share of each scoring actor; below 1, several actors share a GPU so that "
         "their host-side work (Arrow decode, host-to-device copies) runs in parallel processes")
+    score_calls_per_gpu_actor: int = Field(
+        4, ge=1, description="work units a GPU scoring actor handles at once, in threads: while one "
+        "reads Parquet and copies to pinned memory, another's batch runs on the GPU")
     score_threads: int | None = Field(
         None, ge=1, description="torch threads per CPU scoring actor; None: Ray's default (its 1 CPU)")
     max_failures: int = Field(2, description="Ray Train worker restarts allowed per round")

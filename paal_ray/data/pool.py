@@ -13,13 +13,17 @@ null for an unlabelled slice; ``present`` holds one flag per class, background i
 
 Public API: ``Pool.open(path)``, ``pool.index()`` (metadata only, no image bytes read),
 ``pool.dataset(slice_ids)`` (a streaming Ray Dataset), ``pool.read_slices(ids)`` (small local reads),
-and ``decode_images`` / ``decode_labels`` to turn a batch into arrays.
+``pool.locate(ids)`` + ``read_rows(parts)`` (where slices live, and reading just those rows back in
+the process that needs them: how the scoring actors read), and ``decode_images`` /
+``decode_labels`` to turn a batch into arrays.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -139,6 +143,52 @@ def decode_labels(batch: dict[str, Any], size: int | None = None) -> np.ndarray:
     return np.stack(arrs).astype(np.int64) if arrs else np.zeros((0,), np.int64)
 
 
+@dataclass(frozen=True)
+class RowGroupRows:
+    """Where some slices live: positions ``rows`` (ascending) in row group ``row_group`` of the
+    Parquet file ``path``. Small and JSON-able: it is what a reader is sent instead of the images."""
+
+    path: str
+    row_group: int
+    rows: tuple[int, ...]
+
+    def to_json(self) -> list:
+        return [self.path, self.row_group, list(self.rows)]
+
+    @classmethod
+    def from_json(cls, item: list) -> RowGroupRows:
+        return cls(str(item[0]), int(item[1]), tuple(int(r) for r in item[2]))
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, length) of each run of consecutive positions."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][0] + runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((r, 1))
+    return runs
+
+
+def read_rows(parts: Sequence[RowGroupRows], columns: Sequence[str]) -> pa.Table:
+    """The given rows, in the order of ``parts``: each row group is read once (only ``columns``)
+    and the rows are zero-copy slices of it, so the images are decoded once and never copied here."""
+    pieces = []
+    for part in parts:
+        try:
+            group = pq.ParquetFile(part.path).read_row_group(part.row_group, columns=list(columns))
+        except (OSError, pa.ArrowException, IndexError) as e:
+            raise PoolError(f"{part.path}: cannot read row group {part.row_group} ({e})") from e
+        if part.rows and part.rows[-1] >= group.num_rows:
+            raise PoolError(f"{part.path}: row group {part.row_group} has {group.num_rows} rows, "
+                            f"asked for row {part.rows[-1]} (was the pool rewritten during the query?)")
+        pieces.extend(group.slice(start, length) for start, length in _runs(part.rows))
+    if not pieces:
+        return pa.schema([SLICE_SCHEMA.field(c) for c in columns]).empty_table()
+    return pa.concat_tables(pieces)
+
+
 class Pool:
     """A read-only handle on a pool folder. Cheap to create; reads nothing but the manifest."""
 
@@ -211,6 +261,35 @@ class Pool:
         if missing:
             raise PoolError(f"{self.path}: unknown slice ids {sorted(missing)[:5]}")
         return table.take(pa.array(sorted(range(len(found)), key=lambda i: order[found[i]])))
+
+    def locate(self, slice_ids: Iterable[str], *, threads: int = 8) -> list[RowGroupRows]:
+        """Which row group of which file holds each of these slices (reads only the slice_id
+        column). Every id must be in the pool exactly once."""
+        wanted = pa.array(sorted(set(slice_ids)), pa.string())
+
+        def one_file(path: str) -> list[tuple[RowGroupRows, int]]:
+            pf = pq.ParquetFile(path)
+            found = []
+            for g in range(pf.num_row_groups):
+                ids = pf.read_row_group(g, columns=["slice_id"]).column("slice_id")
+                rows = np.flatnonzero(pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False))
+                if len(rows):
+                    found.append((RowGroupRows(path, g, tuple(int(r) for r in rows)), len(rows)))
+            return found
+
+        with ThreadPoolExecutor(max(1, min(threads, len(self.files)))) as ex:
+            parts = [p for per_file in ex.map(one_file, self.files) for p in per_file]
+        total = sum(n for _, n in parts)
+        if total != len(wanted):
+            found = read_rows([p for p, _ in parts], ["slice_id"]).column("slice_id")
+            missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=found))).to_pylist()
+            if missing:
+                raise PoolError(f"{self.path}: {len(missing)} requested slices are not in the pool, "
+                                f"e.g. {missing[:5]}")
+            counts = pc.value_counts(found)
+            dup = [c["values"] for c in counts.to_pylist() if c["counts"] > 1]
+            raise PoolError(f"{self.path}: slice ids stored more than once: {dup[:5]}")
+        return [p for p, _ in parts]
 
     def dataset(self, slice_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
                 override_num_blocks: int | None = None):

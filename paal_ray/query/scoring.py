@@ -1,16 +1,24 @@
 """Scoring the unlabelled pool: one streaming Ray Data pass, an actor pool that loads the model once.
 
-``score_pool`` reads only the columns it needs from the pool's Parquet shards, sends Arrow batches
-to ``ScoreActor``s (``ActorPoolStrategy``; one GPU each on GPU clusters), and brings back to the
-driver only the small per-slice score columns the strategy asked for (``needs``, see
-``strategies.base``): never images, and the pool is never materialised. ``ScoreComputer`` is the
-pure-PyTorch part (decode on the device, segmenter + AP under inference mode, bf16 autocast and
-channels_last on GPU) and is also what the plain-loop benchmark runs, so the two measure the same
-work.
+``score_pool`` finds which Parquet row groups hold the requested slices (``Pool.locate``: the
+slice_id column only), packs them into work units of at least one scoring batch, and streams the
+units (a few hundred bytes each) through ``ScoreActor``s (``ActorPoolStrategy``; one GPU each on GPU
+clusters). Each actor reads its units' rows itself (``read_rows``: only the image columns, decoded
+once, zero-copy slices) and brings back to the driver only the small per-slice score columns the
+strategy asked for (``needs``, see ``strategies.base``): images never travel through the object
+store or to the driver, and the pool is never materialised. Why the actor reads: moving 0.5 MB a
+slice from read tasks through the object store into the actor capped a GPU actor at ~1,500-1,800
+slices/s with no model at all (session 1, H100); reading in the actor moves each image once,
+from the Parquet decoder into pinned memory and over the bus (docs/BENCHMARKS.md).
+
+``ScoreComputer`` is the pure-PyTorch part (decode on the device, segmenter + AP under inference
+mode, bf16 autocast and channels_last on GPU) and is also what the plain-loop benchmark runs, so
+the two measure the same work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS
+from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS, RowGroupRows, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -176,27 +184,49 @@ class ScoreComputer:
     # ---- one batch ----
     def _prepare(self, images: np.ndarray | list[np.ndarray]):
         """Host arrays (one, or a list of chunks) -> one float32 device tensor, converted and resized
-        on the device; each chunk is copied once, straight into place."""
+        on the device. On a GPU the chunks are gathered into this thread's pinned staging buffer and
+        cross the bus once, asynchronously, in the stored dtype (float16: half the bytes)."""
         torch = self.torch
         import torch.nn.functional as F
 
         chunks = images if isinstance(images, list) else [images]
         total = sum(len(c) for c in chunks)
-        x = torch.empty((total, *chunks[0].shape[1:]), dtype=torch.float32, device=self.device)
-        start = 0
-        for c in chunks:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffer: we never write to it
-                src = torch.from_numpy(c)
-            if self.cuda:
-                src = src.to(self.device)  # stored dtype over the bus (float16: half the bytes)
-            x[start : start + len(c)].copy_(src)
-            start += len(c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only Arrow buffers: we never write to them
+            sources = [torch.from_numpy(c) for c in chunks]
+        if self.cuda:
+            stage = self._staging(total, sources[0])
+            start = 0
+            for src in sources:
+                stage[start : start + len(src)].copy_(src)  # releases the GIL: other calls' threads run
+                start += len(src)
+            x = stage[:total].to(self.device, non_blocking=True)
+            self._local.copied.record()  # the next _prepare in this thread waits for it (see _staging)
+            x = x.float()
+        else:
+            x = torch.empty((total, *sources[0].shape[1:]), dtype=torch.float32)
+            start = 0
+            for src in sources:
+                x[start : start + len(src)].copy_(src)
+                start += len(src)
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _staging(self, rows: int, like):
+        """This thread's pinned host buffer for ``rows`` slices shaped like ``like``, free to write:
+        the previous batch's host-to-device copy from it has finished."""
+        torch = self.torch
+        local = self._local
+        stage = getattr(local, "stage", None)
+        if stage is not None:
+            local.copied.synchronize()
+        if stage is None or stage.dtype != like.dtype or stage.shape[1:] != like.shape[1:] or len(stage) < rows:
+            stage = local.stage = torch.empty((rows, *like.shape[1:]), dtype=like.dtype, pin_memory=True)
+            local.copied = torch.cuda.Event()
+        return stage
 
     def _labels(self, labels: np.ndarray):
         torch = self.torch
@@ -292,19 +322,23 @@ class ScoreComputer:
 
 # -- the Ray Data actor ------------------------------------------------------------------------------
 class ScoreActor:
-    """Callable class for ``map_batches``: loads the bundle once, scores Arrow batches."""
+    """Callable class for ``map_batches``: loads the bundle once; each call gets work units (JSON
+    lists of ``RowGroupRows``), reads their rows and scores them in batches of ``batch_size``."""
 
-    def __init__(self, checkpoint: str, options: ScoreOptions, use_gpu: bool = False, threads: int | None = None):
+    def __init__(self, checkpoint: str, options: ScoreOptions, use_gpu: bool = False, threads: int | None = None,
+                 batch_size: int = 256):
         import torch
 
         from paal_ray.models.bundle import load_model_bundle
 
         self.threads = int(threads) if threads else None
+        self.batch_size = int(batch_size)
         device = "cuda" if use_gpu else "cpu"
         if use_gpu and not torch.cuda.is_available():
             raise ScoringError("scaling.use_gpu is set but this scoring actor sees no GPU")
         self.computer = ScoreComputer(load_model_bundle(checkpoint), options, device=device)
         self.with_labels = "true_dice" in options.needs
+        self.columns = IMAGE_COLUMNS + (LABEL_COLUMNS if self.with_labels else [])
         self._local = threading.local()
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
@@ -316,17 +350,30 @@ class ScoreActor:
             # Ray's OMP_NUM_THREADS=1 and scoring was ~20% slower on 2 cores.
             torch.set_num_threads(self.threads)
             self._local.threads = self.threads
-        ids = batch.column("slice_id").to_pylist()
-        images = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
-        labels = fixed_arrays(batch, "label", "label_dtype", "label_shape") if self.with_labels else None
+        parts = [RowGroupRows.from_json(p) for unit in batch["unit"] for p in json.loads(str(unit))]
+        table = read_rows(parts, self.columns)
         if self.computer.cuda:
             stream = getattr(self._local, "stream", None)
             if stream is None:
                 stream = self._local.stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):  # a thread's own stream: copies overlap the other's compute
-                scores = self.computer.score(images, ids, labels)
-        else:
-            scores = self.computer.score(images, ids, labels)
+            with torch.cuda.stream(stream):  # a thread's own stream: copies overlap the other calls' compute
+                return self._score_table(table)
+        return self._score_table(table)
+
+    def _score_table(self, table) -> dict[str, np.ndarray]:
+        results: list[dict[str, np.ndarray]] = []
+        for start in range(0, table.num_rows, self.batch_size):
+            results.append(self.score_arrow(table.slice(start, self.batch_size)))
+        if not results:
+            return {"slice_id": np.zeros(0, dtype=object)}
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def score_arrow(self, batch) -> dict[str, np.ndarray]:
+        """One Arrow batch of image (and label) columns -> its score columns and slice ids."""
+        ids = batch.column("slice_id").to_pylist()
+        images = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
+        labels = fixed_arrays(batch, "label", "label_dtype", "label_shape") if self.with_labels else None
+        scores = self.computer.score(images, ids, labels)
         scores["slice_id"] = np.asarray(ids, dtype=object)
         return scores
 
@@ -341,16 +388,19 @@ class ScoreTable:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _read_only(pool, ids: list[str], columns: list[str]):
-    """A dataset of just these slices. The filter travels with every read task, so send the
-    shorter list: the wanted ids, or the pool's other ids (usually the small labelled set)."""
-    from ray.data.expressions import col
-
-    others = set(pool.slice_ids()).difference(ids)
-    if len(others) >= len(ids):
-        return pool.dataset(ids, columns=columns)
-    ds = pool.dataset(None, columns=columns)
-    return ds.filter(expr=col("slice_id").not_in(sorted(others))) if others else ds
+def work_units(parts: list[RowGroupRows], min_rows: int) -> list[str]:
+    """Consecutive row groups packed into units of at least ``min_rows`` slices (a scoring batch):
+    pools with small row groups (one volume each) still give the GPU full batches."""
+    units, current, rows = [], [], 0
+    for part in parts:
+        current.append(part.to_json())
+        rows += len(part.rows)
+        if rows >= min_rows:
+            units.append(json.dumps(current))
+            current, rows = [], 0
+    if current:
+        units.append(json.dumps(current))
+    return units
 
 
 def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, options: ScoreOptions, *,
@@ -365,22 +415,21 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
     if len(pos) != len(ids):
         raise ScoringError("score_pool: duplicate slice ids requested")
     pool = Pool.open(pool_path)
-    columns = IMAGE_COLUMNS + (LABEL_COLUMNS if "true_dice" in options.needs else [])
-    ds = _read_only(pool, ids, columns)
+    batch_size = int(scaling.score_batch_size)
+    units = work_units(pool.locate(ids), batch_size)
     use_gpu = bool(scaling.use_gpu)
-    threads = None if use_gpu else scaling.score_threads
+    ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=max(1, len(units)))
     ds = ds.map_batches(
         ScoreActor,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options, "use_gpu": use_gpu,
-                               "threads": threads},
-        batch_size=int(scaling.score_batch_size),
-        batch_format="pyarrow",
-        zero_copy_batch=True,
+                               "threads": None if use_gpu else scaling.score_threads, "batch_size": batch_size},
+        batch_size=1,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(
             size=int(scaling.score_actors),
-            # GPU: two calls per actor in threads, each on its own CUDA stream, so one batch's
-            # host-to-device copy overlaps the other's compute.
-            max_concurrent_calls_per_actor=2 if use_gpu else None,
+            # GPU: several units per actor at once, in threads, each on its own CUDA stream, so
+            # that reading and copying some overlaps the model's work on another.
+            max_concurrent_calls_per_actor=int(scaling.score_calls_per_gpu_actor) if use_gpu else None,
             enable_true_multi_threading=True if use_gpu else None,
         ),
         num_gpus=float(scaling.gpus_per_score_actor) if use_gpu else 0,
@@ -409,9 +458,9 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
         if n and done / n >= next_log:
             log.info("scored %d / %d slices", done, n)
             next_log += log_every
-    if not seen.all():
+    if not seen.all():  # locate() checked every id; this would be a lost unit
         missing = [ids[i] for i in np.flatnonzero(~seen)[:5]]
-        raise ScoringError(f"{pool.path}: {int((~seen).sum())} requested slices are not in the pool, e.g. {missing}")
+        raise ScoringError(f"{pool.path}: {int((~seen).sum())} requested slices were not scored, e.g. {missing}")
     t_end = time.perf_counter()
     stats = {"wall_s": t_end - t0, "first_batch_s": (t_first or t_end) - t0,
              "stream_rate": (done - first_rows) / (t_end - t_first) if t_first and t_end > t_first else 0.0}

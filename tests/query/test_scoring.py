@@ -1,4 +1,6 @@
-"""The model side of scoring, without Ray: decoding, every score key, MC dropout, BADGE, LPL."""
+"""Scoring without Ray: reading row groups, decoding, every score key, MC dropout, BADGE, LPL."""
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -147,16 +149,18 @@ def test_score_actor_sets_its_torch_threads_in_the_thread_that_scores(tmp_path, 
     is per thread: the actor must apply score_threads where it scores, once per thread."""
     import threading
 
-    from paal_ray.query.scoring import ScoreActor
+    from paal_ray.query.scoring import ScoreActor, work_units
 
+    pool = _pool_of_row_groups(tmp_path / "pool", groups=((0, 6),), files=1)
+    batch = {"unit": np.asarray(work_units(pool.locate(pool.slice_ids()), 6), dtype=object)}
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append((threading.get_ident(), n)))
     actor = ScoreActor(str(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"pred_acc"})), threads=3)
     results = []
 
     def score_twice():
-        results.append(actor(_table()))
-        results.append(actor(_table()))
+        results.append(actor(batch))
+        results.append(actor(batch))
         results.append(threading.get_ident())
 
     worker = threading.Thread(target=score_twice)
@@ -164,3 +168,89 @@ def test_score_actor_sets_its_torch_threads_in_the_thread_that_scores(tmp_path, 
     worker.join()
     assert calls == [(results[2], 3)]  # in the scoring thread, not repeated on its second batch
     assert results[0]["pred_acc"].shape == (6, K)
+
+
+def _pool_of_row_groups(tmp_path, groups=((0, 5), (5, 9)), files=2):
+    """``files`` Parquet files of the rows of _table(), each written as row groups of the given
+    row ranges (a file per volume, a group per few slices: what readers must cope with)."""
+    import pyarrow.parquet as pq
+
+    from paal_ray.data.pool import MANIFEST, SLICES_DIR, Pool
+
+    (tmp_path / SLICES_DIR).mkdir(parents=True)
+    for f in range(files):
+        t = _table(groups[-1][1], seed=f)
+        t = t.set_column(0, "slice_id", pa.array([f"f{f}/{i:04d}" for i in range(t.num_rows)]))
+        with pq.ParquetWriter(str(tmp_path / SLICES_DIR / f"part-{f}.parquet"), SLICE_SCHEMA) as w:
+            for lo, hi in groups:
+                w.write_table(t.slice(lo, hi - lo))
+    (tmp_path / MANIFEST).write_text('{"class_names": ["a", "b", "c"], "channels": 2, "image_size": 32}')
+    return Pool.open(tmp_path)
+
+
+def test_locate_and_read_rows_return_exactly_the_asked_slices(tmp_path):
+    from paal_ray.data.pool import PoolError, read_rows
+
+    pool = _pool_of_row_groups(tmp_path)
+    ids = pool.slice_ids()
+    want = [s for i, s in enumerate(ids) if i % 3 != 1]  # runs and gaps inside row groups
+    parts = pool.locate(want)
+    assert [(p.path.rsplit("/", 1)[1], p.row_group) for p in parts] == [
+        ("part-0.parquet", 0), ("part-0.parquet", 1), ("part-1.parquet", 0), ("part-1.parquet", 1)]
+    table = read_rows(parts, ["slice_id", "image", "image_dtype", "image_shape"])
+    assert sorted(table.column("slice_id").to_pylist()) == sorted(want)
+    # the images read are the stored ones, row for row
+    ref = pool.read_slices(table.column("slice_id").to_pylist())
+    np.testing.assert_array_equal(fixed_arrays(table, "image", "image_dtype", "image_shape"),
+                                  fixed_arrays(ref, "image", "image_dtype", "image_shape"))
+    with pytest.raises(PoolError, match=r"1 requested slices are not in the pool, e.g. \['nope/0001'\]"):
+        pool.locate([*want, "nope/0001"])
+
+
+def test_locate_refuses_a_pool_that_stores_a_slice_twice(tmp_path):
+    import shutil
+
+    from paal_ray.data.pool import PoolError
+
+    pool = _pool_of_row_groups(tmp_path, files=1)
+    shutil.copy(pool.files[0], tmp_path / "slices" / "part-copy.parquet")
+    with pytest.raises(PoolError, match=r"stored more than once: \['f0/0000'\]"):
+        pool.locate(["f0/0000"])
+
+
+def test_work_units_pack_small_row_groups_into_full_batches():
+    from paal_ray.data.pool import RowGroupRows
+    from paal_ray.query.scoring import work_units
+
+    parts = [RowGroupRows("a", g, tuple(range(n))) for g, n in enumerate([3, 3, 3, 10, 1])]
+    units = [json.loads(u) for u in work_units(parts, 5)]
+    assert [[p[1] for p in u] for u in units] == [[0, 1], [2, 3], [4]]
+    assert sum(len(p[2]) for u in units for p in u) == 20
+
+
+def test_score_actor_scores_units_across_row_groups_in_fixed_batches(tmp_path, monkeypatch):
+    """A unit spanning row groups and files is scored in batches of batch_size, across group
+    boundaries, with the same scores as the model on the same slices in one batch."""
+    from paal_ray.data.pool import read_rows
+    from paal_ray.query.scoring import ScoreActor, work_units
+
+    pool = _pool_of_row_groups(tmp_path)
+    ids = pool.slice_ids()
+    want = [s for i, s in enumerate(ids) if i % 4 != 0]
+    units = work_units(pool.locate(want), 100)
+    assert len(units) == 1
+    needs = frozenset({"pred_acc", "features", "true_dice"})
+    actor = ScoreActor(str(_bundle(tmp_path / "m")), ScoreOptions(needs=needs), batch_size=4)
+    sizes = []
+    real = actor.computer.score
+    monkeypatch.setattr(actor.computer, "score", lambda im, i, lab=None: sizes.append(len(i)) or real(im, i, lab))
+    out = actor({"unit": np.asarray(units, dtype=object)})
+    assert sizes == [4, 4, 4, 1] and sorted(out["slice_id"]) == sorted(want)
+    table = read_rows(pool.locate(want), ["slice_id", "image", "image_dtype", "image_shape",
+                                          "label", "label_dtype", "label_shape"])
+    ref = real(fixed_arrays(table, "image", "image_dtype", "image_shape"), table.column("slice_id").to_pylist(),
+               fixed_arrays(table, "label", "label_dtype", "label_shape"))
+    order = {s: i for i, s in enumerate(table.column("slice_id").to_pylist())}
+    rows = [order[s] for s in out["slice_id"]]
+    for k in needs:
+        np.testing.assert_allclose(out[k], ref[k][rows], rtol=1e-4, atol=1e-5)
