@@ -327,7 +327,7 @@ def main(argv=None):
     print(f"{'ray run_query, end to end':<30}{ray_speed['secs']:>10.1f}{speed_n / ray_speed['secs']:>12,.1f}")
     print(f"{'  scoring pass':<30}{t['scoring_s']:>10.1f}{speed_n / t['scoring_s']:>12,.1f}"
           f"   (first batch after {ray_speed['stream'].get('first_batch_s', 0):.1f}s, "
-          f"then {ray_speed['stream'].get('stream_rate', 0):,.1f} slices/s)")
+          f"last 90% at {ray_speed['stream'].get('stream_rate', 0):,.1f} slices/s)")
     print(f"{'  clustering / selection':<30}{t['clustering_s']:>10.2f} / {t['selection_s']:.3f}s (kmeans: {ray_speed['backend']})")
     if plain:
         print(f"{'plain PyTorch loop':<30}{plain['secs']:>10.1f}{speed_n / plain['secs']:>12,.1f}")

@@ -19,6 +19,6 @@ run() {  # name, seconds, command...
   echo "=== $name"; timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; echo "exit $? ($name)"
   tail -n 25 "$OUT/$name.log"
 }
-run query ${QUERY_SECS:-200} python3 jobs/bench_query_gpu.py ${QUERY_ARGS:-}
+run query ${QUERY_SECS:-300} python3 jobs/bench_query_gpu.py ${QUERY_ARGS:-}
 run train ${TRAIN_SECS:-200} python3 jobs/bench_train_gpu.py ${TRAIN_ARGS:-}
 echo "=== summary"; grep -h -E "^(RESULT|  )" "$OUT"/query.log "$OUT"/train.log | tail -n 40

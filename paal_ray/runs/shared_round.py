@@ -34,7 +34,7 @@ _CHECKPOINT = "checkpoint"
 # Config fields that do not change round-0 training.
 _IGNORED = {"name", "workspace", "strategy", "ray", "reuse_round0", "log_ap_health"}
 _IGNORED_SCALING = {"score_actors", "score_batch_size", "gpus_per_score_actor", "score_threads",
-                    "score_calls_per_gpu_actor"}
+                    "score_calls_per_gpu_actor", "compile_scoring"}
 
 
 def fingerprint(cfg, *, pool: str, train_ids: list[str], val_ids: list[str], extension: str | None,

@@ -254,3 +254,42 @@ def test_score_actor_scores_units_across_row_groups_in_fixed_batches(tmp_path, m
     rows = [order[s] for s in out["slice_id"]]
     for k in needs:
         np.testing.assert_allclose(out[k], ref[k][rows], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_scoring_matches_eager_pads_partial_batches_and_compiles_once(tmp_path):
+    """compile_batch: one graph for batches of exactly that size (a partial batch is zero-padded and
+    cut back), the same scores as eager, and two threads scoring at once compile it once."""
+    import threading
+
+    torch._dynamo.utils.counters.clear()
+    folder = _bundle(tmp_path)
+    needs = frozenset({"pred_acc", "features", "pixel_entropy"})
+    eager = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=needs))
+    compiled = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=needs, compile_batch=4))
+    traced = []
+    real = compiled._compiled
+    compiled._compiled = lambda x: traced.append(x.shape[0]) or real(x)
+    t = _table(6)
+    img = fixed_arrays(t, "image", "image_dtype", "image_shape")
+    ids = t.column("slice_id").to_pylist()
+    results = {}
+    threads = [threading.Thread(target=lambda k=k, sl=sl: results.__setitem__(k, compiled.score(img[sl], ids[sl])))
+               for k, sl in (("a", slice(0, 6)), ("b", slice(1, 4)))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert traced and set(traced) == {4}  # every call at the compiled size: 6 -> 4 + 2 padded; 3 -> padded
+    want = eager.score(img, ids)
+    for k in needs:
+        np.testing.assert_allclose(results["a"][k], want[k], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(results["b"][k], want[k][1:4], rtol=1e-4, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compile_falls_back_to_eager_for_scores_it_cannot_take(tmp_path, caplog):
+    needs = frozenset({"pred_acc", "grad_embedding"})
+    comp = ScoreComputer(load_model_bundle(_bundle(tmp_path)), ScoreOptions(needs=needs, compile_batch=4))
+    assert comp._compiled is None and "computed eagerly" in caplog.text
+    out = comp.score(fixed_arrays(_table(2), "image", "image_dtype", "image_shape"), ["a", "b"])
+    assert out["grad_embedding"].shape == (2, K * 4)
