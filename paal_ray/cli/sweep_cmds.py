@@ -1,0 +1,58 @@
+"""CLI: `paal sweep` (many runs on Ray Tune) and `paal report` (compare a folder of runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from paal_ray.cli.errors import user_errors
+
+
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep file (YAML): base config, overrides, grid; see `paal_ray/sweeps/spec.py`."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a field of every trial: --set pool=/data/pool."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the trials and their folders; start nothing."),
+) -> None:
+    """Run every combination of a grid of settings (strategies, budgets, seeds, ...) as active-learning
+    runs on Ray Tune, then write the comparison (report.md, report.csv, curves.png).
+
+    Each trial is an ordinary run folder in WORKSPACE/NAME/; trials of one seed share round 0 when
+    they train it identically. Re-running the same command resumes the sweep.
+    """
+    from paal_ray.config import ConfigError
+    from paal_ray.sweeps.spec import expand, load_sweep, sweep_root
+    from paal_ray.sweeps.tuner import run_sweep
+
+    def _sweep() -> None:
+        spec_obj = load_sweep(spec, set_ or None)
+        if dry_run:
+            trials = expand(spec_obj)
+            typer.echo(f"{len(trials)} trial(s) in {sweep_root(spec_obj)}:")
+            for t in trials:
+                typer.echo(f"  {t.name}: " + ", ".join(f"{k}={v}" for k, v in t.values.items()))
+            return
+        _, failed = run_sweep(spec_obj, address=address, echo=typer.echo)
+        if failed:
+            raise typer.Exit(1)
+
+    user_errors(ConfigError, FileExistsError)(_sweep)()
+
+
+def report(folder: Path = typer.Argument(..., help="A sweep folder, or any folder of run folders.")) -> None:
+    """Compare the runs in FOLDER: final Dice per setting (mean +- std over seeds and folds), Dice by
+    round, and learning curves; writes report.md, report.csv and curves.png there."""
+    from paal_ray.sweeps.report import write_report
+
+    def _report() -> None:
+        path = write_report(folder)
+        typer.echo(path.read_text())
+        typer.echo(f"written: {path}, {path.with_name('report.csv')}, {path.with_name('curves.png')}")
+
+    user_errors(FileNotFoundError)(_report)()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)
+    app.command("report")(report)
