@@ -462,6 +462,8 @@ def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, option
     if len(pos) != len(ids):
         raise ScoringError("score_pool: duplicate slice ids requested")
     pool = Pool.open(pool_path)
+    if not ids:
+        return ScoreTable(slice_ids=[], scores={}, stats={"wall_s": 0.0, "first_batch_s": 0.0, "stream_rate": 0.0})
     batch_size = int(scaling.score_batch_size)
     units = work_units(pool.locate(ids), batch_size)
     use_gpu = bool(scaling.use_gpu)

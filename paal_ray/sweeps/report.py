@@ -40,7 +40,9 @@ class RunPoints:
 def _setting_of(name: str, root: Path, values: dict[str, Any] | None, replicates: list[str]) -> str:
     if values is not None:
         kept = {k: v for k, v in values.items() if k not in replicates}
-        return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in kept.items()) or "all"
+        # The strategy is named by itself ("paal"), other settings by key and value ("max_ratio 0.1").
+        return ", ".join(str(v) if k == "strategy.name" else f"{k.split('.')[-1]} {v}"
+                         for k, v in kept.items()) or "all"
     cfg = yaml.safe_load(RunPaths(root).config.read_text())
     return str(cfg.get("strategy", {}).get("name", name))
 
@@ -132,6 +134,7 @@ def curves_png(runs: list[RunPoints]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for setting, members in _by_setting(runs).items():
@@ -161,6 +164,7 @@ def curves_png(runs: list[RunPoints]) -> bytes:
     ax2.set_xlabel("round")
     ax2.set_ylabel("Pearson r, AP vs actual Dice")
     ax2.set_ylim(-1, 1)
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.set_title("accuracy predictor health")
     fig.tight_layout()
     buf = io.BytesIO()

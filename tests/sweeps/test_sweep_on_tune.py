@@ -41,8 +41,8 @@ def test_sweep_runs_each_trial_on_tune_reports_and_resumes(ray_session, phantom_
                for line in p.read_text().splitlines()]
     assert len(results) == 4 and sorted(r["final"] for r in results) == [False, False, True, True]
     md = (root / "report.md").read_text()
-    assert "| name paal | " in md and "| name random | " in md and (root / "curves.png").is_file()
-    assert "| name paal | 0 | 6 |" in md  # round 0 trained on the 6 initial slices
+    assert "| paal | " in md and "| random | " in md and (root / "curves.png").is_file()
+    assert "| paal | 0 | 6 |" in md  # round 0 trained on the 6 initial slices
     # The random trial adopted round 0 from the PAAL trial (same seed and training): trained once.
     assert "adopted" in res.output
 
