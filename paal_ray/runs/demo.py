@@ -105,6 +105,12 @@ def run_demo(workspace: str | Path, *, rounds: int = 2, seed: int = 0,
     echo("")
     echo(f"Validation Dice (mean foreground) by round, same initial set, seed {seed}:")
     echo(table)
-    echo(f"\n[demo] done in {time.perf_counter() - t0:.0f} s; `paal status {runs['paal']}` for details, "
+    from paal_ray.sweeps.report import write_report
+
+    report = write_report(ws / "runs")
+    echo(f"\n[demo] learning curves: {report.with_name('curves.png')}; one seed decides little (the "
+         "lesion is learnt or not by chance): `paal sweep jobs/sweeps/demo-strategies.yaml` compares "
+         "strategies over seeds")
+    echo(f"[demo] done in {time.perf_counter() - t0:.0f} s; `paal status {runs['paal']}` for details, "
          f"`paal serve {runs['paal'].parent}` to browse the selections over HTTP")
     return table
