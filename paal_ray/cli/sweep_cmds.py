@@ -10,7 +10,9 @@ from paal_ray.cli.errors import user_errors
 
 
 def sweep(
-    spec: Path = typer.Argument(..., help="Sweep file (YAML): base config, overrides, grid; see `paal_ray/sweeps/spec.py`."),
+    spec: Path = typer.Argument(..., help="Sweep file (YAML): name, base (preset or config file), set (overrides for every trial), "
+                         "grid (config key: list of values), replicates (keys averaged in the report), max_concurrent. "
+                         "Examples: jobs/sweeps/*.yaml."),
     set_: list[str] = typer.Option(None, "--set", help="Override a field of every trial: --set pool=/data/pool."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the trials and their folders; start nothing."),
@@ -18,8 +20,9 @@ def sweep(
     """Run every combination of a grid of settings (strategies, budgets, seeds, ...) as active-learning
     runs on Ray Tune, then write the comparison (report.md, report.csv, curves.png).
 
-    Each trial is an ordinary run folder in WORKSPACE/NAME/; trials of one seed share round 0 when
-    they train it identically. Re-running the same command resumes the sweep.
+    Each trial is an ordinary run folder in WORKSPACE/NAME/.
+    Trials that train round 0 identically (one seed, several strategies) train it once.
+    Re-running the same command resumes the sweep.
     """
     from paal_ray.config import ConfigError
     from paal_ray.sweeps.spec import expand, load_sweep, sweep_root
