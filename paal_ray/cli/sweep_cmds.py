@@ -32,7 +32,7 @@ def sweep(
         spec_obj = load_sweep(spec, set_ or None)
         if dry_run:
             trials = expand(spec_obj)
-            typer.echo(f"{len(trials)} trial(s) in {sweep_root(spec_obj)}:")
+            typer.echo(f"{len(trials)} trial(s) in {sweep_root(trials)}:")
             for t in trials:
                 typer.echo(f"  {t.name}: " + ", ".join(f"{k}={v}" for k, v in t.values.items()))
             return

@@ -266,22 +266,22 @@ class Pool:
         """Which row group of which file holds each of these slices (reads only the slice_id
         column). Every id must be in the pool exactly once."""
         wanted = pa.array(sorted(set(slice_ids)), pa.string())
+        files = self.files
 
-        def one_file(path: str) -> list[tuple[RowGroupRows, int]]:
+        def one_file(path: str) -> list[RowGroupRows]:
             pf = pq.ParquetFile(path)
             found = []
             for g in range(pf.num_row_groups):
                 ids = pf.read_row_group(g, columns=["slice_id"]).column("slice_id")
                 rows = np.flatnonzero(pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False))
                 if len(rows):
-                    found.append((RowGroupRows(path, g, tuple(int(r) for r in rows)), len(rows)))
+                    found.append(RowGroupRows(path, g, tuple(int(r) for r in rows)))
             return found
 
-        with ThreadPoolExecutor(max(1, min(threads, len(self.files)))) as ex:
-            parts = [p for per_file in ex.map(one_file, self.files) for p in per_file]
-        total = sum(n for _, n in parts)
-        if total != len(wanted):
-            found = read_rows([p for p, _ in parts], ["slice_id"]).column("slice_id")
+        with ThreadPoolExecutor(max(1, min(threads, len(files)))) as ex:
+            parts = [p for per_file in ex.map(one_file, files) for p in per_file]
+        if sum(len(p.rows) for p in parts) != len(wanted):
+            found = read_rows(parts, ["slice_id"]).column("slice_id")
             missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=found))).to_pylist()
             if missing:
                 raise PoolError(f"{self.path}: {len(missing)} requested slices are not in the pool, "
@@ -289,7 +289,7 @@ class Pool:
             counts = pc.value_counts(found)
             dup = [c["values"] for c in counts.to_pylist() if c["counts"] > 1]
             raise PoolError(f"{self.path}: slice ids stored more than once: {dup[:5]}")
-        return [p for p, _ in parts]
+        return parts
 
     def dataset(self, slice_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
                 override_num_blocks: int | None = None):

@@ -45,6 +45,8 @@ class SweepSpec(_Strict):
     @field_validator("grid")
     @classmethod
     def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid:
+            raise ValueError("give at least one key to vary (for one run, use `paal run`)")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: give a non-empty list of values")
@@ -100,7 +102,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         base = load_config(spec.base, spec.set)
     except ConfigError as e:
         raise ConfigError(f"sweep {spec.name}, base with the sweep's overrides: {e}") from None
-    root = sweep_root(spec, base)
+    root = (Path(base.workspace) / spec.name).absolute()
     trials, seen = [], set()
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
@@ -126,6 +128,6 @@ def expand(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
-def sweep_root(spec: SweepSpec, base: RunConfig | None = None) -> Path:
-    base = base or load_config(spec.base, spec.set)
-    return (Path(base.workspace) / spec.name).absolute()
+def sweep_root(trials: list[Trial]) -> Path:
+    """The sweep's folder: every trial's workspace (``expand`` sets it)."""
+    return Path(trials[0].config.workspace)

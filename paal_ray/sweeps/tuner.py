@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from paal_ray.atomic import atomic_write_json, atomic_write_text, read_jsonl
-from paal_ray.config import ConfigError, RunConfig, load_config
+from paal_ray.config import ConfigError, RunConfig
 from paal_ray.sweeps.spec import SWEEP_FILE, TRIALS_FILE, SweepSpec, expand, sweep_root
 
 _REPORTED = ("round", "labeled_count", "val_dice", "ap_error", "ap_pearson", "query_s")
@@ -74,7 +74,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, echo: Callable[[st
     from paal_ray.sweeps.report import write_report
 
     trials = expand(spec)  # every trial's config is checked before anything starts
-    root = sweep_root(spec)
+    root = sweep_root(trials)
     saved = root / SWEEP_FILE
     text = spec_yaml(spec)
     if saved.is_file() and saved.read_text() != text:
@@ -87,9 +87,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, echo: Callable[[st
     if connect:
         from paal_ray.cluster import connect as connect_ray
 
-        base = load_config(spec.base, spec.set)
-        connect_ray(address or base.ray.address, num_cpus=base.ray.num_cpus,
-                    object_store_memory=base.ray.object_store_memory)
+        ray_cfg = trials[0].config.ray  # the base config's (a grid over ray.* would make no sense)
+        connect_ray(address or ray_cfg.address, num_cpus=ray_cfg.num_cpus,
+                    object_store_memory=ray_cfg.object_store_memory)
     echo(f"[sweep] {spec.name}: {len(trials)} trial(s), {spec.max_concurrent} at a time, in {root}")
     runs = {t.name: t.config.model_dump(mode="json") for t in trials}
     tuner = tune.Tuner(

@@ -53,6 +53,7 @@ def test_trial_names_are_safe_folder_names():
 @pytest.mark.parametrize(("over", "message"), [
     ({"grid": {"seed": []}}, "invalid sweep\n  grid: Value error, grid.seed: give a non-empty list"),
     ({"grid": {"name": ["a"]}}, "set by the sweep itself"),
+    ({"grid": {}}, "give at least one key to vary"),
     ({"grid": {"budget.rouns": [2]}}, "(?s)trial rouns-2: .*budget.rouns: Extra inputs are not permitted"),
     ({"grid": {"budget.rounds": [0]}}, "(?s)trial rounds-0: .*budget.rounds: Input should be greater than or equal to 1"),
     ({"grid": {"oracle.kind": ["human"]}}, "oracle.kind must be 'simulated'"),
