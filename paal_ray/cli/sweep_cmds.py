@@ -21,7 +21,7 @@ def sweep(
     runs on Ray Tune, then write the comparison (report.md, report.csv, curves.png).
 
     Each trial is an ordinary run folder in WORKSPACE/NAME/.
-    Trials that train round 0 identically (one seed, several strategies) train it once.
+    Trials that train round 0 identically (one seed, several strategies or budgets) train it once.
     Re-running the same command resumes the sweep.
     """
     from paal_ray.config import ConfigError

@@ -1,7 +1,7 @@
 """Round 0 trained once for runs that would train it identically.
 
-Runs that differ only in how they query (the demo's PAAL vs random, a strategy comparison, a Tune
-sweep over strategies or budgets' query settings) start from the same initial set with the same
+Runs that differ only in how they query or how far they go (the demo's PAAL vs random, a strategy
+comparison, a sweep over strategies and budgets) start from the same initial set with the same
 seed and training config, so their round-0 training is the same computation (bit for bit on CPU).
 The first run to finish it publishes the checkpoint and result in ``<runs folder>/.shared/``, keyed
 by a fingerprint of everything that decides that training; a later run with the same fingerprint
@@ -9,8 +9,8 @@ adopts a copy (hard links where the file system allows: checkpoints are never mo
 instead of training. ``reuse_round0: false`` in the config turns this off.
 
 The fingerprint covers the pool, the initial labelled and the validation slices, the seed and fold,
-the whole config except what only queries or bookkeeping read (name, workspace, strategy, Ray
-connection, scoring settings, logging), the strategy's training extension, and the package
+the whole config except what only queries, later rounds or bookkeeping read (name, workspace,
+strategy, budget, Ray connection, scoring settings, logging), the strategy's training extension, and the package
 versions. Anything else differing means a different key, so a miss costs only the training the
 run would have done anyway.
 """
@@ -31,8 +31,10 @@ from paal_ray.training.api import RoundResult
 SHARED_DIR = ".shared"
 _RESULT = "result.json"
 _CHECKPOINT = "checkpoint"
-# Config fields that do not change round-0 training.
-_IGNORED = {"name", "workspace", "strategy", "ray", "reuse_round0", "log_ap_health"}
+# Config fields that do not change round-0 training. The budget only sets the initial set (its
+# slice ids are part of the fingerprint) and later rounds: trials of one seed at several budgets
+# (a sweep's usual grid) share round 0 too.
+_IGNORED = {"name", "workspace", "strategy", "ray", "reuse_round0", "log_ap_health", "budget"}
 _IGNORED_SCALING = {"score_actors", "score_batch_size", "gpus_per_score_actor", "score_threads",
                     "score_calls_per_gpu_actor", "compile_scoring"}
 

@@ -11,7 +11,7 @@
     max_concurrent: 1              # trials at once
 
 Trials in one sweep share a runs folder, so the ones that train round 0 identically (same seed,
-fold and training config: all strategies of one seed) train it once (``runs.shared_round``).
+fold and training config: all strategies and budgets of one seed) train it once (``runs.shared_round``).
 """
 
 from __future__ import annotations

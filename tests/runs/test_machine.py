@@ -197,3 +197,7 @@ def test_round0_is_trained_once_for_runs_that_would_train_it_identically(blob_po
     assert round0_trainings() == 4
     run("f", **{"scaling.score_batch_size": 7, "strategy.name": "third"})  # query-only settings: shared
     assert round0_trainings() == 4
+    run("g", **{"budget.max_ratio": 0.6, "budget.rounds": 3})  # another budget, the same initial set: shared
+    assert round0_trainings() == 4
+    run("h", **{"budget.init_ratio": 0.2})  # another initial set: trained again
+    assert round0_trainings() == 5
