@@ -25,7 +25,7 @@ import yaml
 
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.runs.state import RunPaths, RunState
-from paal_ray.sweeps.spec import SWEEP_FILE, TRIALS_FILE
+from paal_ray.sweeps.spec import DEFAULT_REPLICATES, SWEEP_FILE, TRIALS_FILE
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _setting_of(name: str, root: Path, values: dict[str, Any] | None, replicates
 def collect(folder: str | Path) -> list[RunPoints]:
     folder = Path(folder).absolute()
     trials = json.loads((folder / TRIALS_FILE).read_text()) if (folder / TRIALS_FILE).is_file() else None
-    replicates = ["seed", "train.fold"]
+    replicates = list(DEFAULT_REPLICATES)
     if (folder / SWEEP_FILE).is_file():
         replicates = list((yaml.safe_load((folder / SWEEP_FILE).read_text()) or {}).get("replicates", replicates))
     runs = []

@@ -7,7 +7,7 @@
       strategy.name: [paal, random, max_entropy]
       budget.max_ratio: [0.1, 0.2]
       seed: [0, 1, 2]
-    replicates: [seed, train.fold] # grid keys the report averages over (mean +- std)
+    replicates: [seed, cv.fold] # grid keys the report averages over (mean +- std)
     max_concurrent: 1              # trials at once
 
 Trials in one sweep share a runs folder, so the ones that train round 0 identically (same seed,
@@ -29,6 +29,7 @@ from paal_ray.config import ConfigError, RunConfig, _Strict, load_config
 
 SWEEP_FILE = "sweep.yaml"
 TRIALS_FILE = "trials.json"  # trial name -> its grid values
+DEFAULT_REPLICATES = ("seed", "cv.fold")  # what a comparison averages over
 
 
 class SweepSpec(_Strict):
@@ -36,7 +37,7 @@ class SweepSpec(_Strict):
     base: str = Field(..., description="preset name or YAML config file the trials extend")
     set: list[str] = Field(default_factory=list, description="overrides applied to every trial")
     grid: dict[str, list[Any]] = Field(..., description="dotted config key -> values; every combination runs")
-    replicates: list[str] = Field(default_factory=lambda: ["seed", "train.fold"],
+    replicates: list[str] = Field(default_factory=lambda: list(DEFAULT_REPLICATES),
                                   description="grid keys the report averages over")
     max_concurrent: int = Field(1, ge=1, description="trials running at once")
     trial_cpus: float = Field(0.01, gt=0, description="CPUs reserved for a trial's driver (it mostly waits "

@@ -44,6 +44,9 @@ def test_expand_makes_one_validated_config_per_combination(tmp_path, pool):
     assert (t.config.strategy.name, t.config.seed, t.config.budget.rounds) == ("random", 1, 3)
     assert t.config.workspace == str((tmp_path / "ws" / "sw").absolute()) and t.config.name == t.name
     assert t.values == {"strategy.name": "random", "seed": 1}
+    folds = expand(load_sweep(_spec(tmp_path, pool, grid={"cv.fold": [0, 1]})))
+    assert [(t.name, t.config.cv.fold) for t in folds] == [("fold-0", 0), ("fold-1", 1)]
+    assert load_sweep(_spec(tmp_path, pool)).replicates == ["seed", "cv.fold"]  # the config's own keys
 
 
 def test_trial_names_are_safe_folder_names():
