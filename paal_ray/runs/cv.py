@@ -14,7 +14,6 @@ import numpy as np
 from paal_ray.atomic import atomic_write_json
 from paal_ray.config import RunConfig, dump_config, load_config
 from paal_ray.runs.machine import Outcome, RunMachine
-from paal_ray.runs.state import RunPaths
 
 CV_CONFIG = "cv-config.yaml"
 
@@ -39,10 +38,7 @@ def run_folds(cfg: RunConfig, root: Path, folds: int, *, echo: Callable[[str], N
     for k in range(folds):
         fold_root = root / f"fold-{k}"
         echo(f"=== fold {k + 1}/{folds}: {fold_root}")
-        if RunPaths(fold_root).config.exists():
-            machine = RunMachine.open(fold_root, echo=echo, **machine_kwargs)
-        else:
-            machine = RunMachine.create(fold_config(cfg, k, folds), fold_root, echo=echo, **machine_kwargs)
+        machine = RunMachine.open_or_create(fold_config(cfg, k, folds), fold_root, echo=echo, **machine_kwargs)
         outcome: Outcome = machine.run()
         if outcome.status != "done":
             summary = {"folds": folds, "status": outcome.status, "waiting_fold": k, "message": outcome.message}

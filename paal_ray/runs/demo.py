@@ -35,10 +35,7 @@ def demo_overrides(pool: Path, runs: Path, rounds: int, seed: int) -> list[str]:
 def _run(strategy: str, overrides: list[str], echo: Callable[[str], None]) -> Path:
     cfg = load_config("cpu", overrides + [f"name={strategy}", f"strategy.name={strategy}"])
     root = (Path(cfg.workspace) / cfg.name).absolute()
-    if RunPaths(root).config.exists():
-        machine = RunMachine.open(root, echo=echo)
-    else:
-        machine = RunMachine.create(cfg, root, echo=echo)
+    machine = RunMachine.open_or_create(cfg, root, echo=echo)
     t0 = time.perf_counter()
     machine.run()
     write_learning_curve(root)

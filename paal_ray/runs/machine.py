@@ -111,6 +111,15 @@ class RunMachine:
             raise RunStateError(f"{paths.config}: missing; {paths.root} is not a run folder")
         return cls(paths.root, load_config(paths.config), **kwargs)
 
+    @classmethod
+    def open_or_create(cls, cfg: RunConfig, root: str | Path | None = None, **kwargs) -> RunMachine:
+        """Continue the run in ``root`` if one was started there (with its saved config), else start
+        ``cfg`` there: how the demo, CV folds and sweep trials pick up where they stopped."""
+        root = Path(root).absolute() if root else run_root(cfg)
+        if RunPaths(root).config.exists():
+            return cls.open(root, **kwargs)
+        return cls.create(cfg, root, **kwargs)
+
     # -- driving --------------------------------------------------------------------------------
     def run(self, max_steps: int | None = None) -> Outcome:
         steps = 0

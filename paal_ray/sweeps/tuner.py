@@ -27,14 +27,14 @@ def _trial(config: dict[str, Any], runs: dict[str, dict]) -> None:
     from ray import tune
 
     from paal_ray.cluster import configure_data_context
-    from paal_ray.runs.machine import RunMachine
+    from paal_ray.runs.machine import RunMachine, run_root
     from paal_ray.runs.report import write_learning_curve
     from paal_ray.runs.state import RunPaths
 
     # A trial runs in a Ray worker process: the driver's Ray Data settings are not there.
     configure_data_context(progress_bars=False)
     cfg = RunConfig.model_validate(runs[config["trial"]["name"]])
-    root = (Path(cfg.workspace) / cfg.name).absolute()
+    root = run_root(cfg)
     paths = RunPaths(root)
     reported: set[tuple] = set()
 
@@ -45,10 +45,7 @@ def _trial(config: dict[str, Any], runs: dict[str, dict]) -> None:
                 reported.add(key)
                 tune.report({"final": m["kind"] == "final", **{k: m.get(k) for k in _REPORTED}})
 
-    if paths.config.is_file():
-        machine = RunMachine.open(root, hook=report_new)
-    else:
-        machine = RunMachine.create(cfg, root, hook=report_new)
+    machine = RunMachine.open_or_create(cfg, root, hook=report_new)
     report_new()  # a resumed trial: the rounds it had already finished
     outcome = machine.run()
     report_new()
