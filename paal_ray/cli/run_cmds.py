@@ -32,6 +32,8 @@ def run(
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its last finished step."),
     address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
     folds: int = typer.Option(None, "--folds", help="Cross-validation: run folds 0..N-1, report mean +- std Dice."),
+    full_data: bool = typer.Option(False, "--full-data", help="The reference: label the whole training pool and "
+                                   "train the final phase only (same as --set budget.full_data=true)."),
 ) -> None:
     """Run active learning: init -> {train -> query -> annotate -> ingest} x T -> final training.
 
@@ -42,8 +44,9 @@ def run(
     from paal_ray.runs.launch import launch
     from paal_ray.runs.machine import Outcome
 
+    sets = [*(set_ or []), *(["budget.full_data=true"] if full_data else [])]
     result = user_errors(*_user_error_types())(launch)(
-        config, set_ or None, resume=str(resume) if resume else None, folds=folds, address=address, echo=typer.echo)
+        config, sets or None, resume=str(resume) if resume else None, folds=folds, address=address, echo=typer.echo)
     if isinstance(result, Outcome) and result.status == "waiting":
         typer.echo("the run is waiting for annotations (see above); it is not an error")
 

@@ -36,3 +36,10 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: i
     if per_sample:
         return ce.mean((1, 2)) + soft_dice_loss(logits, labels, num_classes, per_sample=True)
     return ce.mean() + soft_dice_loss(logits, labels, num_classes)
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.1) -> torch.Tensor:
+    """[B] each slice's mean pixel cross-entropy (the CE term of ``segmentation_loss``): what
+    LPL's loss-prediction head learns to rank."""
+    ce = F.cross_entropy(logits.float(), labels.long(), label_smoothing=label_smoothing, reduction="none")
+    return ce.mean((1, 2))

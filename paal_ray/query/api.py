@@ -24,6 +24,7 @@ class QueryRequest:
     image_size: int | None = None
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
     round_index: int = 0
+    label_smoothing: float = 0.0  # train.label_smoothing: what a fully confident segmenter outputs
     compute_true_dice: bool = False  # simulated runs: score actual Dice too (AP health, Pearson r)
 
 

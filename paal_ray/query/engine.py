@@ -73,7 +73,7 @@ def run_query(req: QueryRequest) -> QueryResult:
     scoring_s = time.perf_counter() - t0
 
     ctx = QueryContext(num_classes=num_classes, seed=req.seed, num_candidates=len(candidates),
-                       round_index=req.round_index, labelled=lab_scores)
+                       round_index=req.round_index, label_smoothing=req.label_smoothing, labelled=lab_scores)
     rng = np.random.default_rng(req.seed)
     t1 = time.perf_counter()
     sel = strategy.select(scores, req.budget, rng, ctx) if candidates else Selection(np.zeros(0, np.int64), np.zeros(0))

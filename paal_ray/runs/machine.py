@@ -32,7 +32,9 @@ QueryFn = Callable[[QueryRequest], QueryResult]
 Hook = Callable[[str, RunState], None]
 
 # Purposes mixed into derived seeds, so the initial set, training and queries draw independently.
-_SEED_INIT, _SEED_TRAIN, _SEED_QUERY = 101, 202, 303
+# A final phase trained from scratch draws its weights from (seed, fold, _SEED_FINAL) alone: every
+# strategy of one seed and fold starts it from the same point.
+_SEED_INIT, _SEED_TRAIN, _SEED_QUERY, _SEED_FINAL = 101, 202, 303, 404
 
 
 class BudgetError(ValueError):
@@ -70,11 +72,17 @@ def run_root(cfg: RunConfig) -> Path:
     return (Path(cfg.workspace) / cfg.name).absolute()
 
 
-def _apply_model_overrides(cfg: RunConfig, strategy_obj: Any) -> RunConfig:
+def effective_config(cfg: RunConfig, strategy_obj: Any) -> RunConfig:
+    """The config a run really uses: the strategy's model settings (MC dropout's dropout layers)
+    and, when ``schedule.mode`` is unset, the strategy's own query schedule. Written to the run's
+    config.yaml, so a resumed run and a report read what was done."""
+    update: dict[str, Any] = {}
     overrides = dict(getattr(strategy_obj, "model_overrides", None) or {})
-    if not overrides:
-        return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update=overrides)}, deep=True)
+    if overrides:
+        update["model"] = cfg.model.model_copy(update=overrides)
+    if cfg.schedule.mode is None:
+        update["schedule"] = cfg.schedule.model_copy(update={"mode": strategy_obj.default_schedule})
+    return cfg.model_copy(update=update, deep=True) if update else cfg
 
 
 class RunMachine:
@@ -84,7 +92,7 @@ class RunMachine:
         self.pool = Pool.open(cfg.pool)  # first: a wrong path is the likeliest mistake
         self.services = (services or Services()).resolved()
         self.strategy_obj = self.services.strategy(cfg.strategy.name, **cfg.strategy.params)
-        self.cfg = _apply_model_overrides(cfg, self.strategy_obj)
+        self.cfg = effective_config(cfg, self.strategy_obj)
         self.hook = hook or (lambda point, state: None)
         self.echo = echo
         self.oracle = make_oracle(self.cfg.oracle.kind, self.pool, self.paths, self.cfg.oracle.inbox)
@@ -151,6 +159,8 @@ class RunMachine:
         cfg = self.cfg
         split = patient_fold_split(self.pool.index(["slice_id", "patient_id"]), cfg.cv.fold, cfg.cv.num_folds)
         n_train = len(split.train_ids)
+        if cfg.budget.full_data:
+            return self._init_state(split, split.train_ids, rounds=0, b=0)
         b = cfg.budget.per_round(n_train)
         if b < 1:
             raise BudgetError(f"budget: b = floor((floor({cfg.budget.max_ratio} x {n_train}) - floor("
@@ -161,30 +171,40 @@ class RunMachine:
         if total > n_train:
             raise BudgetError(f"budget: {total} slices asked for, the training pool holds {n_train}")
         initial = initial_set(split.train_ids, n_init, derive_seed(cfg.seed, cfg.cv.fold, _SEED_INIT))
+        self._init_state(split, initial, rounds=cfg.budget.rounds, b=b)
+
+    def _init_state(self, split, initial: list[str], *, rounds: int, b: int) -> None:
+        """Write the split, the initial labelled set and the first state (a full-data run: every
+        training slice labelled, no rounds, straight to the final phase)."""
         from paal_ray.provenance import versions
 
+        cfg = self.cfg
+        n_train = len(split.train_ids)
+        total = len(initial) + rounds * b
         atomic_write_json(self.paths.versions, versions())
         atomic_write_json(self.paths.split, {"fold": cfg.cv.fold, "num_folds": cfg.cv.num_folds,
                                              "val_patients": split.val_patients, "train_ids": split.train_ids,
                                              "val_ids": split.val_ids})
         Labelled(initial=initial).save(self.paths)
         self.oracle.prepare(initial, split.val_ids)
+        strategy = "full" if cfg.budget.full_data else cfg.strategy.name
         self.state = RunState(
-            name=cfg.name, strategy=cfg.strategy.name, fold=cfg.cv.fold, rounds=cfg.budget.rounds, per_round=b,
-            n_train=n_train, budget=total, round=0, phase="train", labeled_count=len(initial),
+            name=cfg.name, strategy=strategy, fold=cfg.cv.fold, rounds=rounds, per_round=b,
+            n_train=n_train, budget=total, round=0, phase="train" if rounds else "final", labeled_count=len(initial),
         )
         self.state.save(self.paths)
+        plan = (f"{rounds} rounds of {b}, budget {total}; strategy {strategy} (schedule {cfg.schedule.mode})"
+                if rounds else "full data: final phase only")
         self.echo(f"[init] {self.paths.root}: {n_train} training slices ({len(split.val_ids)} validation, fold "
-                  f"{cfg.cv.fold}/{cfg.cv.num_folds}); {len(initial)} labelled, {cfg.budget.rounds} rounds of "
-                  f"{b}, budget {total}; strategy {cfg.strategy.name}, oracle {cfg.oracle.kind}")
+                  f"{cfg.cv.fold}/{cfg.cv.num_folds}); {len(initial)} labelled, {plan}; oracle {cfg.oracle.kind}")
 
     def _round_spec(self, phase: str, name: str, train_ids: list[str], val_ids: list[str], seed: int,
-                    pseudo_ids: list[str]) -> RoundSpec:
+                    pseudo_ids: list[str], init_checkpoint: str | None) -> RoundSpec:
         return RoundSpec(
             pool_path=self.oracle.training_pool(), train_ids=train_ids, val_ids=val_ids, phase=phase,
             storage_path=str(self.paths.train_storage), name=name, config=self.cfg,
             in_channels=self.pool.channels, num_classes=self.pool.num_classes, seed=seed,
-            init_checkpoint=self.state.checkpoint, extension=getattr(self.strategy_obj, "training_extension", None),
+            init_checkpoint=init_checkpoint, extension=getattr(self.strategy_obj, "training_extension", None),
             pseudo_ids=pseudo_ids,
         )
 
@@ -200,8 +220,10 @@ class RunMachine:
             import json
 
             pseudo = json.loads(self.paths.query_result(r - 1).read_text()).get("pseudo_ids", [])
-        spec = self._round_spec(phase, name, labelled, val_ids, derive_seed(self.cfg.seed, self.cfg.cv.fold,
-                                                                            _SEED_TRAIN, r), pseudo)
+        seed, init = derive_seed(self.cfg.seed, self.cfg.cv.fold, _SEED_TRAIN, r), self.state.checkpoint
+        if phase == "final" and self.cfg.schedule.final_init == "scratch":
+            seed, init = derive_seed(self.cfg.seed, self.cfg.cv.fold, _SEED_FINAL), None
+        spec = self._round_spec(phase, name, labelled, val_ids, seed, pseudo, init)
         runs_folder = self.paths.root.parent
         key = self._round0_key(spec) if r == 0 and phase == "query" and self.cfg.reuse_round0 else None
         result = shared_round.adopt(runs_folder, key, self.paths.train_storage / f"{name}-shared") if key else None
@@ -276,7 +298,7 @@ class RunMachine:
                 checkpoint=self.state.checkpoint, strategy=self.cfg.strategy, budget=b,
                 seed=derive_seed(self.cfg.seed, self.cfg.cv.fold, _SEED_QUERY, r),
                 out_path=str(self.paths.selection(r)), image_size=self.cfg.model.image_size,
-                scaling=self.cfg.scaling, round_index=r,
+                scaling=self.cfg.scaling, round_index=r, label_smoothing=self.cfg.train.label_smoothing,
                 compute_true_dice=self.cfg.oracle.kind == "simulated" and self.cfg.log_ap_health,
             )
             self.paths.round_dir(r).mkdir(parents=True, exist_ok=True)
@@ -332,7 +354,7 @@ class RunMachine:
             "labeled_after": len(labelled.all()), "selected": len(chosen), "val_dice": last.get("val_dice"),
             "val_dice_per_class": last.get("val_dice_per_class"), "ap_error": last.get("val_ap_mae"),
             "ap_pearson": query.get("ap_pearson"), "query_s": (query.get("timings") or {}).get("total_s"),
-            "stopped_by": train["stopped_by"],
+            "pseudo_labelled": len(query.get("pseudo_ids") or []), "stopped_by": train["stopped_by"],
         })
         nxt = r + 1
         self.echo(f"[round {r}] done: {trained_on} -> {len(labelled.all())} labelled "
@@ -346,15 +368,23 @@ class RunMachine:
         self._log_epochs(r, "final", result)
         final_epochs = [e for e in result.epochs if e.get("val_dice") is not None]
         best = max(final_epochs, key=lambda e: e["val_dice"]) if final_epochs else {}
-        final = best.get("val_dice", result.best_score)
+        last = final_epochs[-1] if final_epochs else {}
+        # The final model: a fixed-length final phase keeps its last epoch (the same training for
+        # every labelled set); an early-stopped one its best validation epoch (the paper).
+        fixed = self.cfg.schedule.final_epochs is not None
+        chosen = last if fixed else best
+        checkpoint = result.checkpoint if fixed else (result.best_checkpoint or result.checkpoint)
+        final = chosen.get("val_dice", result.best_score)
         self._append_once({
             "kind": "final", "round": r, "epoch": result.global_epoch, "labeled_count": self.state.labeled_count,
-            "val_dice": final, "val_dice_per_class": best.get("val_dice_per_class"),
-            "ap_error": best.get("val_ap_mae"), "stopped_by": result.stopped_by,
-            "checkpoint": result.best_checkpoint or result.checkpoint,
+            "val_dice": final, "val_dice_per_class": chosen.get("val_dice_per_class"),
+            "val_dice_best": best.get("val_dice"), "val_dice_last": last.get("val_dice"),
+            "final_model": "last" if fixed else "best", "model_epoch": chosen.get("global_epoch"),
+            "ap_error": chosen.get("val_ap_mae"), "stopped_by": result.stopped_by, "checkpoint": checkpoint,
         })
         self.echo(f"[final] {self.state.labeled_count} labelled, epoch {result.global_epoch} "
-                  f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}{self._per_class(best)}")
+                  f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}{self._per_class(chosen)}"
+                  f" ({'last' if fixed else 'best'} epoch; best {_fmt(best.get('val_dice'))})")
         self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
                    final_dice=final, phase="done")
 

@@ -39,5 +39,5 @@ class RoundResult:
     #                               val_dice (mean fg), val_dice_per_class, val_ap_mae, seconds
     global_epoch: int  # epochs trained so far in the whole run, after this round
     best_score: float  # best validation mean foreground Dice so far in the run
-    stopped_by: str  # "iq" | "fixed" | "early_stop" | "max_epochs"
+    stopped_by: str  # "iq" | "fixed" | "early_stop" | "max_epochs" | "final_epochs"
     best_checkpoint: str | None = None  # folder with the best-validation model.pt (final phase)

@@ -24,7 +24,7 @@ from torch import nn
 
 from paal_ray.models.bundle import ModelSpec
 from paal_ray.models.dice import confusion_counts, dice_from_counts, dice_targets
-from paal_ray.models.losses import segmentation_loss
+from paal_ray.models.losses import per_sample_cross_entropy, segmentation_loss
 from paal_ray.training.augment import augment_batch
 from paal_ray.training.extensions import TrainingExtension
 from paal_ray.training.schedule import lr_at, param_groups
@@ -113,6 +113,9 @@ class RoundEngine:
         self.ap_scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
         self.train_net: nn.Module = self.net
         self.train_ap: nn.Module = self.ap
+        # (first epoch, warm-up, length) of an LR schedule of its own (a fixed-length final phase);
+        # None: the run's one global schedule.
+        self.lr_window: tuple[int, int, int] | None = None
         if world > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.train_net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -179,6 +182,17 @@ class RoundEngine:
         return epoch_plan(n, global_epoch, seed=self.seed, batch_size=tc.batch_size,
                           samples_per_epoch=tc.samples_per_epoch, rank=self.rank, world=self.world)
 
+    def learning_rates(self, epoch: float) -> tuple[float, float]:
+        """(segmenter, AP) learning rates at a fractional global epoch."""
+        tc = self.cfg.train
+        if self.lr_window is None:
+            sched = {"warmup_epochs": tc.warmup_epochs, "schedule_epochs": tc.schedule_epochs, "min_lr": tc.min_lr}
+        else:
+            start, warmup, length = self.lr_window
+            epoch -= start
+            sched = {"warmup_epochs": warmup, "schedule_epochs": length, "min_lr": tc.min_lr}
+        return lr_at(epoch, tc.lr, **sched), lr_at(epoch, tc.ap_lr, **sched)
+
     # -- one epoch ----------------------------------------------------------------------------
     def train_epoch(self, data: SliceSet, global_epoch: int) -> dict:
         """Train on ``data`` (already on the device) for one epoch of the global schedule."""
@@ -193,9 +207,7 @@ class RoundEngine:
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # seg loss, ap loss, ext loss
         start = time.perf_counter()
         for s in range(steps):
-            frac = global_epoch + s / steps
-            lr = lr_at(frac, tc.lr, warmup_epochs=tc.warmup_epochs, schedule_epochs=tc.schedule_epochs, min_lr=tc.min_lr)
-            ap_lr = lr_at(frac, tc.ap_lr, warmup_epochs=tc.warmup_epochs, schedule_epochs=tc.schedule_epochs, min_lr=tc.min_lr)
+            lr, ap_lr = self.learning_rates(global_epoch + s / steps)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             for g in self.ap_opt.param_groups:
@@ -220,13 +232,13 @@ class RoundEngine:
         k, tc = self.num_classes, self.cfg.train
         with self._autocast():
             logits, head_out = self.train_net(x)
+        # Every strategy's segmenter learns from the same loss; an extension's head only adds its
+        # own term (LPL ranks each slice's cross-entropy, as the authors' code does).
+        loss = segmentation_loss(logits, y, k, label_smoothing=tc.label_smoothing)
         ext_loss = torch.zeros((), device=self.device)
         if head_out is not None:
-            per_sample = segmentation_loss(logits, y, k, label_smoothing=tc.label_smoothing, per_sample=True)
-            loss = per_sample.mean()
+            per_sample = per_sample_cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
             ext_loss = self.extension.head_loss(head_out, per_sample)
-        else:
-            loss = segmentation_loss(logits, y, k, label_smoothing=tc.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss + ext_loss).backward()
         self.scaler.step(self.opt)

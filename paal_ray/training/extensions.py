@@ -4,9 +4,10 @@ A strategy names its extension (``RoundSpec.extension``); training looks it up h
 hooks below at fixed points, so nothing in training branches on a strategy's name.
 
 - ``lpl`` (learning loss, Yoo & Kweon 2019): a ``LossPredictionHead`` on the encoder stages,
-  trained jointly with the segmenter by a pairwise ranking loss (margin 1) against the per-slice
-  segmentation loss. Its input is detached from the encoder from the first query on (round index
-  >= 1). Its weights go into the model bundle as ``extensions["lpl"]`` for the strategy to score.
+  trained jointly with the segmenter by a pairwise ranking loss (margin 1) against each slice's
+  cross-entropy (the authors' code; the segmenter's own loss is everyone's). Its input is detached
+  from the encoder from the first query on (round index >= 1). Its weights go into the model bundle as
+  ``extensions["lpl"]`` for the strategy to score.
 - ``ceal`` (Wang et al. 2017): the slices of ``RoundSpec.pseudo_ids`` join this round's training
   set with argmax pseudo-labels from the model the round starts from; they are not kept after it.
 
@@ -70,10 +71,6 @@ class TrainingExtension:
     def head_loss(self, head_out: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @property
-    def needs_per_sample_loss(self) -> bool:
-        return False
-
     def extend_training_set(self, predict_labels, images: torch.Tensor, labels: torch.Tensor,
                             extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Add slices to this round's training tensors. ``predict_labels(images) -> labels``
@@ -119,10 +116,6 @@ class LossPredictionExtension(TrainingExtension):
 
     def head_input(self, stages):
         return [s.detach() for s in stages] if self.detach_input else stages
-
-    @property
-    def needs_per_sample_loss(self):
-        return True
 
     def head_loss(self, head_out, per_sample_loss):
         return pairwise_ranking_loss(head_out.float(), per_sample_loss.float(), self.margin)

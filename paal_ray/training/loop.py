@@ -216,6 +216,9 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
     for name, trigger in triggers.items():
         trigger.load_state_dict(state["triggers"][name])
     query_trigger, early = triggers[sc.mode], triggers["early_stop"]
+    fixed_final = spec.phase == "final" and sc.final_epochs is not None
+    if fixed_final:
+        engine.lr_window = (int(state["round_start_epoch"]), sc.final_warmup_epochs, sc.final_epochs)
 
     while True:
         g = int(state["global_epoch"])
@@ -225,16 +228,21 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         state["global_epoch"] = g + 1
         round_epoch = g + 1 - int(state["round_start_epoch"])
         stopped_by = None
+        # A query round ends by its trigger or once the run reaches max_epochs; the final phase
+        # has a budget of its own (a fixed length, or early stopping), whatever the rounds used.
         if spec.phase == "query":
             if query_trigger.update(score):
                 stopped_by = query_trigger.name
+            elif state["global_epoch"] >= sc.max_epochs:
+                stopped_by = "max_epochs"
         else:
             if early.improved(score):
                 state["best_checkpoint"] = _save_best(run_dir, engine, state, rank, score)
-            if early.update(score):
+            if fixed_final:
+                early.update(score)  # keeps the best score; a fixed-length phase ignores its patience
+                stopped_by = "final_epochs" if round_epoch >= sc.final_epochs else None
+            elif early.update(score):
                 stopped_by = early.name
-            elif state["global_epoch"] >= sc.max_epochs:
-                stopped_by = "max_epochs"
         cap = sc.max_epochs_per_round if spec.phase == "query" else sc.max_final_epochs
         if stopped_by is None and cap is not None and round_epoch >= cap:
             stopped_by = "max_epochs"

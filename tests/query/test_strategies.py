@@ -127,13 +127,30 @@ def test_bald_is_zero_for_identical_passes_and_ranks_disagreement():
 
 
 def test_ceal_pseudo_labels_confident_slices_with_a_decaying_threshold():
-    h = np.array([0.5, 4e-5, 0.9, 1e-6, 4.99e-5])
-    st = S.get("ceal", reduction="pixel")
-    s0 = st.select({"pixel_entropy": h}, 2, rng(), ctx(5, round_index=0))
-    assert s0.indices.tolist() == [2, 0]
-    assert s0.pseudo_indices.tolist() == [1, 3, 4]  # below 5e-5
-    s30 = st.select({"pixel_entropy": h}, 2, rng(), ctx(5, round_index=30))  # delta = 5e-5 - 30 * 3.3e-7 = 4.01e-5
-    assert s30.pseudo_indices.tolist() == [1, 3]
+    from paal_ray.query.strategies.ceal import smoothed_entropy_floor
+
+    # 3 classes, label smoothing 0.1: a segmenter as sure as its training target allows outputs
+    # (0.9333, 0.0333, 0.0333) on every pixel; its entropy is the floor, never 0.
+    floor = smoothed_entropy_floor(3, 0.1)
+    p = np.array([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    assert floor == pytest.approx(-(p * np.log(p)).sum())
+    log_k = np.log(3)
+    excess = np.array([0.5, 0.001, 0.9, 0.0, 0.004, 0.0049])  # in units of log K
+    probs_mean = np.array([[0.4, 0.3, 0.3], [0.9, 0.05, 0.05], [0.34, 0.33, 0.33], [0.8, 0.1, 0.1],
+                           [0.7, 0.2, 0.1], [0.6, 0.2, 0.2]])
+    scores = {"pixel_entropy": floor + excess * log_k, "probs_mean": probs_mean}
+    st = S.get("ceal")
+    s0 = st.select(scores, 2, rng(), ctx(6, round_index=0, label_smoothing=0.1))
+    assert s0.indices.tolist() == [2, 0]  # annotation: image-level entropy, as the authors
+    assert s0.pseudo_indices.tolist() == [1, 3, 4, 5]  # excess below delta0 = 0.005
+    assert s0.extra["pseudo_labelled"] == 4
+    s5 = st.select(scores, 2, rng(), ctx(6, round_index=5, label_smoothing=0.1))  # delta = 0.005 - 5 x 0.00033
+    assert s5.pseudo_indices.tolist() == [1, 3]
+    # the annotated slices are never also pseudo-labelled
+    s_all = st.select(scores, 5, rng(), ctx(6, round_index=0, label_smoothing=0.1))
+    assert not set(s_all.pseudo_indices.tolist()) & set(s_all.indices.tolist())
+    # Ignoring label smoothing, the same confident model would qualify nowhere (the old defect).
+    assert st.select(scores, 2, rng(), ctx(6, round_index=0, label_smoothing=0.0)).pseudo_indices.tolist() == []
 
 
 def test_lpl_and_paal_ap_only_take_top_scores():

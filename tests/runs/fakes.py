@@ -59,7 +59,8 @@ class FakeQuery:
 
 def fake_strategy(name: str, **params):
     return SimpleNamespace(name=name, training_extension=params.get("extension"),
-                           model_overrides=params.get("model_overrides", {}))
+                           model_overrides=params.get("model_overrides", {}),
+                           default_schedule=params.get("default_schedule", "iq"))
 
 
 def small_cfg(pool: Path, workspace: Path, **over):

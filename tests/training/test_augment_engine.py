@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from paal_ray.config import AugmentConfig, load_config
@@ -156,3 +157,20 @@ def test_ceal_adds_pseudo_labelled_slices_from_the_current_model():
     assert images.shape[0] == labels.shape[0] == 7
     assert torch.equal(labels[4:], eng.predict_labels(pseudo))
     assert torch.equal(labels[:4], data.labels)
+
+
+def test_lpl_segmenter_learns_from_the_same_loss_as_every_strategy():
+    """LPL adds its head's ranking term; the segmenter's own loss is everyone's (batch-level CE +
+    soft Dice), not a mean of per-slice Dice losses."""
+    from paal_ray.models.losses import segmentation_loss
+
+    x, y = _batch(8)
+    plain, lpl = _engine(), _engine("lpl")
+    assert all(torch.equal(a, b) for a, b in zip(plain.segmenter.parameters(), lpl.segmenter.parameters(), strict=True))
+    with torch.no_grad():
+        expected = segmentation_loss(plain.segmenter(x), y, 3, label_smoothing=0.1)
+    seg_plain, _, ext_plain = plain.step(x, y, ap_active=False)
+    seg_lpl, _, ext_lpl = lpl.step(x, y, ap_active=False)
+    assert seg_lpl.item() == pytest.approx(seg_plain.item(), rel=1e-6)
+    assert seg_plain.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ext_plain.item() == 0 and ext_lpl.item() > 0  # the head's ranking loss on each slice's CE

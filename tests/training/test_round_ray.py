@@ -122,3 +122,24 @@ def test_bad_specs_fail_before_any_worker_starts(tmp_path, blob_pool):
         train_round(_spec(blob_pool, tmp_path, "x", extension="nope"))
     with pytest.raises(ValueError, match="train_ids"):
         train_round(_spec(blob_pool, tmp_path, "x", train_ids=[]))
+
+
+def test_final_phase_has_its_own_budget_whatever_the_rounds_used(ray_session, blob_pool, tmp_path):
+    """A query round that reaches schedule.max_epochs ends there; the final phase still trains to its
+    own stopping rule (before, it stopped after one epoch once the run was past max_epochs). A
+    fixed-length final phase from scratch runs exactly final_epochs on an LR schedule of its own."""
+    sets = ("schedule.mode=iq", "schedule.iq_patience=50", "schedule.max_epochs=2", "schedule.early_stop_patience=2")
+    r = train_round(_spec(blob_pool, tmp_path, "round-000", *sets))
+    assert r.stopped_by == "max_epochs" and r.global_epoch == 2
+    f = train_round(_spec(blob_pool, tmp_path, "final", *sets, "schedule.max_final_epochs=5", phase="final",
+                          init_checkpoint=r.checkpoint, seed=1))
+    assert len(f.epochs) >= 3 and f.stopped_by in ("early_stop", "max_epochs"), (len(f.epochs), f.stopped_by)
+
+    fixed = _spec(blob_pool, tmp_path, "final-scratch", *sets, "schedule.final_epochs=3", "schedule.final_init=scratch",
+                  "schedule.final_warmup_epochs=1", phase="final", seed=2)
+    s = train_round(fixed)
+    lr0 = fixed.config.train.lr
+    assert [e["global_epoch"] for e in s.epochs] == [1, 2, 3] and s.stopped_by == "final_epochs"
+    assert _state(s.checkpoint)["starts"][0]["source"] == "fresh"
+    assert s.epochs[0]["lr"] < lr0 and s.epochs[1]["lr"] > 0.5 * lr0  # its own warm-up, then the cosine
+    assert s.epochs[-1]["lr"] < 0.05 * lr0  # annealed to its minimum by the last epoch

@@ -1,7 +1,8 @@
 """The one contract every query strategy implements.
 
 A strategy declares which per-slice scores the scoring pass must emit (``needs``), which ones it
-also needs for the labelled slices (``needs_labelled``, CoreSet's centres), which training-side
+also needs for the labelled slices (``needs_labelled``, CoreSet's centres), which query schedule it
+gets by default (``default_schedule``: "iq" or "fixed"), which training-side
 extension it relies on (``training_extension``: "lpl", "ceal") and which model settings the run
 loop must apply at run start (``model_overrides``: MC dropout needs real dropout layers). Then
 ``select(scores, b, rng, context)`` ranks the candidates. Nothing outside ``query/strategies/``
@@ -58,6 +59,7 @@ class QueryContext:
     seed: int
     num_candidates: int  # N: rows of every score array
     round_index: int = 0
+    label_smoothing: float = 0.0  # the segmenter's training target (CEAL's confidence floor)
     labelled: dict[str, np.ndarray] = field(default_factory=dict)  # scores of the labelled slices
     kmeans_backend: str = "auto"
     kmeans_fn: Callable[..., Any] | None = None  # injectable for tests; default clustering.kmeans
@@ -82,6 +84,9 @@ class Strategy:
     name: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, Any]] = {}  # param -> default
     training_extension: ClassVar[str | None] = None
+    # The query schedule a run gets unless schedule.mode says otherwise: the paper queries PAAL
+    # by IQ and every comparison method "every 5 epochs" after a 10-epoch warm-up.
+    default_schedule: ClassVar[str] = "fixed"
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.params_schema)

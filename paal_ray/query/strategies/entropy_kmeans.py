@@ -14,7 +14,7 @@ from paal_ray.query.strategies.max_entropy import MaxEntropyStrategy
 
 class EntropyKMeansStrategy(MaxEntropyStrategy):
     name = "entropy_kmeans"
-    params_schema: ClassVar[dict[str, Any]] = {"reduction": "image", "pre_factor": 20, "n_init": 1,
+    params_schema: ClassVar[dict[str, Any]] = {"reduction": "image", "pre_factor": 20, "n_init": 10,
                                                "kmeans_backend": None}
 
     def __init__(self, **params: Any):

@@ -15,7 +15,7 @@ from paal_ray.query.strategies.base import QueryContext, Selection, Strategy, fi
 
 class KMeansStrategy(Strategy):
     name = "kmeans"
-    params_schema: ClassVar[dict[str, Any]] = {"n_init": 1, "kmeans_backend": None}
+    params_schema: ClassVar[dict[str, Any]] = {"n_init": 10, "kmeans_backend": None}
 
     def __init__(self, **params: Any):
         super().__init__(**params)

@@ -13,6 +13,7 @@ from paal_ray.query.strategies.base import QueryContext, Selection, Strategy
 
 class PAALStrategy(Strategy):
     name = "paal"
+    default_schedule = "iq"
     params_schema: ClassVar[dict[str, Any]] = {"n_init": 10, "kmeans_backend": None}
 
     def __init__(self, **params: Any):

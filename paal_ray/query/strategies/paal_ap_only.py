@@ -10,6 +10,7 @@ from paal_ray.query.strategies.base import QueryContext, Selection, Strategy, to
 
 class PAALAPOnlyStrategy(Strategy):
     name = "paal_ap_only"
+    default_schedule = "iq"  # the ablation removes WPS's clustering, not incremental querying
 
     def __init__(self, **params):
         super().__init__(**params)
