@@ -2,8 +2,10 @@
 
 phantoms -> ingest (64 px) -> a PAAL run and a random-selection run from the same initial set (same
 seed and fold), both with the CPU preset on the embedded local Ray -> validation Dice by round,
-side by side. Every step is the product's own code path; re-running resumes what is there. The
-random run adopts the PAAL run's round 0 (identical training, see ``runs.shared_round``).
+side by side. Every step is the product's own code path; re-running resumes what is there. Both
+runs query by IQ (the paper gives the baselines a fixed interval; sweeps and ``paal run`` do), so
+the random run adopts the PAAL run's round 0 (identical training, see ``runs.shared_round``) and
+the two differ by their selections alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def demo_overrides(pool: Path, runs: Path, rounds: int, seed: int) -> list[str]:
     # 4 logical CPUs on the local Ray: Ray Train's worker plus headroom for Ray Data, which stalls
     # behind training otherwise (the machine may still have only 2 cores).
     return [f"pool={pool}", f"workspace={runs}", f"seed={seed}", f"budget.rounds={rounds}",
-            "budget.init_ratio=0.05", "budget.max_ratio=0.2", "ray.num_cpus=4",
+            "budget.init_ratio=0.05", "budget.max_ratio=0.2", "schedule.mode=iq", "ray.num_cpus=4",
             "scaling.cpus_per_worker=2", "scaling.score_threads=2"]
 
 

@@ -21,7 +21,7 @@ def test_sweep_runs_each_trial_on_tune_reports_and_resumes(ray_session, phantom_
     spec.write_text(yaml.safe_dump({
         "name": "cmp", "base": "cpu",
         "set": [f"pool={phantom_pool}", f"workspace={ws}", "budget.init_ratio=0.05", "budget.max_ratio=0.1",
-                "budget.rounds=1", "schedule.max_epochs_per_round=1", "schedule.max_final_epochs=1",
+                "budget.rounds=1", "schedule.mode=iq", "schedule.max_epochs_per_round=1", "schedule.max_final_epochs=1",
                 "train.samples_per_epoch=16", "train.batch_size=8", "train.augment.enabled=false"],
         "grid": {"strategy.name": ["paal", "random"]},
     }, sort_keys=False))
@@ -43,7 +43,8 @@ def test_sweep_runs_each_trial_on_tune_reports_and_resumes(ray_session, phantom_
     md = (root / "report.md").read_text()
     assert "| paal | " in md and "| random | " in md and (root / "curves.png").is_file()
     assert "| paal | 0 | 6 |" in md  # round 0 trained on the 6 initial slices
-    # The random trial adopted round 0 from the PAAL trial (same seed and training): trained once.
+    # The random trial adopted round 0 from the PAAL trial (same seed, training and schedule: the
+    # sweep sets one schedule for both): trained once.
     assert "adopted" in res.output
 
     # Same sweep again: nothing is retrained, the report is rewritten; another grid is refused.
