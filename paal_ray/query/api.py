@@ -10,6 +10,10 @@ from typing import Any
 
 from paal_ray.config import ScalingSettings, StrategyConfig
 
+# Written beside the selection table in simulated runs: predicted and actual per-class Dice of every
+# unlabelled slice (the AP-consistency plot's data).
+AP_HEALTH_FILE = "ap_health.parquet"
+
 
 @dataclass
 class QueryRequest:

@@ -13,10 +13,11 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
-from paal_ray.query.api import QueryRequest, QueryResult
+from paal_ray.query.api import AP_HEALTH_FILE, QueryRequest, QueryResult
 from paal_ray.query.scoring import ScoreOptions, score_pool
 from paal_ray.query.strategies import QueryContext, Selection, Strategy, StrategyError, from_config
 
@@ -84,6 +85,8 @@ def run_query(req: QueryRequest) -> QueryResult:
     timings = {"scoring_s": scoring_s, "clustering_s": ctx.clustering_s,
                "selection_s": max(select_total - ctx.clustering_s, 0.0)}
     pearson, per_class = _ap_health(scores) if req.compute_true_dice else (None, None)
+    if pearson is not None:
+        _write_ap_health(req, candidates, scores)
     timings["total_s"] = time.perf_counter() - t_start  # provisional, rewritten below
     _write_table(req, strategy, sel, chosen, scores, timings, ctx.backend_used)
     timings["total_s"] = time.perf_counter() - t_start
@@ -125,6 +128,24 @@ def _ap_health(scores: dict[str, np.ndarray]) -> tuple[float | None, list[float]
         return None, None
     p, t = scores["pred_acc"], scores["true_dice"]
     return _pearson(p.mean(1), t.mean(1)), [_pearson(p[:, j], t[:, j]) for j in range(p.shape[1])]
+
+
+def _write_ap_health(req: QueryRequest, candidates: list[str], scores: dict[str, np.ndarray]) -> None:
+    """Predicted and actual per-class Dice of every unlabelled slice (simulated runs), beside the
+    selection: the data behind the AP-consistency plot (the paper's Figure 1), a few KB a round."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from paal_ray.atomic import atomic_write_bytes
+
+    k = scores["pred_acc"].shape[1]
+    cols = {"slice_id": pa.array(candidates, pa.string())}
+    for key in ("pred_acc", "true_dice"):
+        flat = pa.array(np.asarray(scores[key], np.float32).reshape(-1))
+        cols[key] = pa.FixedSizeListArray.from_arrays(flat, k)
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    atomic_write_bytes(Path(req.out_path).with_name(AP_HEALTH_FILE), buf.getvalue())
 
 
 def _write_table(req: QueryRequest, strategy: Strategy, sel: Selection, chosen: list[str],

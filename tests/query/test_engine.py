@@ -71,6 +71,13 @@ def test_paal_query_through_ray_data(ray_session, trained, tmp_path):
     assert np.asarray(table.column("pred_acc").to_pylist()).shape == (6, 4)
     meta = table.schema.metadata
     assert meta[b"kmeans_backend"] == b"sklearn" and b"scoring_s" in meta[b"timings"]
+    # Beside it, predicted and actual Dice of every unlabelled slice (the AP-consistency plot), whose
+    # correlation is the logged Pearson r.
+    health = pq.read_table(tmp_path / "ap_health.parquet")
+    assert health.column("slice_id").to_pylist() == req.unlabelled_ids
+    pred, true = (np.asarray(health.column(c).to_pylist()) for c in ("pred_acc", "true_dice"))
+    assert pred.shape == true.shape == (len(req.unlabelled_ids), 4)
+    assert np.corrcoef(pred.mean(1), true.mean(1))[0, 1] == pytest.approx(res.ap_pearson, abs=1e-4)
 
     again = run_query(_request(trained, tmp_path, compute_true_dice=True, out="again.parquet"))
     assert again.slice_ids == res.slice_ids  # deterministic for a seed

@@ -1,0 +1,92 @@
+"""A comparison's evidence beyond mean Dice: paired differences, what was selected, AP consistency."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import fake_services, small_cfg
+
+from paal_ray.data.pool import Pool
+from paal_ray.runs.machine import RunMachine
+from paal_ray.runs.state import Labelled, RunPaths
+from paal_ray.sweeps.evidence import (
+    annotation_distribution,
+    ap_consistency,
+    class_presence,
+    paired_differences,
+    query_seconds,
+)
+
+
+def test_paired_differences_count_wins_per_replicate():
+    values = {("paal", "0"): 0.80, ("paal", "1"): 0.70, ("paal", "2"): 0.75,
+              ("random", "0"): 0.78, ("random", "1"): 0.72, ("random", "2"): 0.70,
+              ("entropy", "0"): 0.60}
+    out = {p.setting: p for p in paired_differences(values, reference="random")}
+    assert set(out) == {"paal", "entropy"}
+    assert out["paal"].diffs == pytest.approx({"0": 0.02, "1": -0.02, "2": 0.05})
+    assert out["paal"].wins == 2 and out["entropy"].wins == 0 and list(out["entropy"].diffs) == ["0"]
+
+
+def test_annotation_distribution_counts_queried_slices_against_the_pool(blob_pool, tmp_path):
+    cfg = small_cfg(blob_pool, tmp_path)
+    RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+    root = tmp_path / "r"
+    pool = Pool.open(blob_pool)
+    lab = Labelled.load(RunPaths(root))
+    queried = [s for r in sorted(lab.rounds) for s in lab.rounds[r]]
+    dist = annotation_distribution(root)
+    presence = class_presence(pool, queried)
+    assert dist["count"][0] == len(queried) == 12
+    assert dist["selected"] == pytest.approx(presence.mean(0).tolist())
+    assert dist["none"][0] == pytest.approx(float((~presence[:, 1:].any(1)).mean()))
+    assert len(dist["pool"]) == pool.num_classes and dist["pool"][0] == 1.0  # every slice shows background
+
+
+def test_ap_consistency_reads_the_last_round_and_its_correlation(tmp_path):
+    root = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    for r, noise in ((0, 0.5), (1, 0.05)):
+        true = rng.random((50, 3))
+        pred = np.clip(true + noise * rng.standard_normal((50, 3)), 0, 1)
+        cols = {"slice_id": pa.array([f"c/{i}" for i in range(50)])}
+        for key, v in (("pred_acc", pred), ("true_dice", true)):
+            cols[key] = pa.FixedSizeListArray.from_arrays(pa.array(v.astype(np.float32).reshape(-1)), 3)
+        d = RunPaths(root).round_dir(r)
+        d.mkdir(parents=True)
+        buf = io.BytesIO()
+        pq.write_table(pa.table(cols), buf)
+        (d / "ap_health.parquet").write_bytes(buf.getvalue())
+    last = ap_consistency(root)
+    assert last["round"] == 1 and last["pearson"] > 0.9
+    assert last["pearson"] == pytest.approx(np.corrcoef(last["predicted"], last["actual"])[0, 1])
+    assert ap_consistency(root, 0)["pearson"] < last["pearson"]
+    assert ap_consistency(tmp_path / "none") is None
+
+
+def test_query_seconds_come_from_the_round_records(blob_pool, tmp_path):
+    cfg = small_cfg(blob_pool, tmp_path)
+    RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+    assert query_seconds(tmp_path / "r") == [0.01, 0.01]
+
+
+def test_evidence_report_puts_validation_and_test_side_by_side_with_paired_wins(blob_pool, tmp_path):
+    from paal_ray.atomic import append_jsonl
+    from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
+
+    refs, test = [], {("paal", "0"): 0.81, ("paal", "1"): 0.79, ("random", "0"): 0.80, ("random", "1"): 0.80}
+    for (setting, rep), dice in test.items():
+        cfg = small_cfg(blob_pool, tmp_path, name=f"{setting}-{rep}", seed=rep, reuse_round0="false")
+        RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+        root = tmp_path / f"{setting}-{rep}"
+        append_jsonl(RunPaths(root).metrics, {"kind": "test", "round": 2, "dice": dice})
+        refs.append(RunRef(root, setting, rep))
+    md = evidence_markdown(refs, Pool.open(blob_pool).class_names, reference="random")
+    assert "| paal | 0.5000 ± 0.0000 (2) | 0.8000 ± 0.0141 (2) |" in md  # the fakes' val Dice is 0.5
+    assert "| paal | 0: +0.0100, 1: -0.0100 | 0.0000 ± 0.0141 (2) | 1 of 2 |" in md
+    assert "*training pool* | 32 |" in md and "| paal | 12 |" in md
+    assert evidence_png(refs, Pool.open(blob_pool).class_names)[:4] == b"\x89PNG"
