@@ -141,6 +141,10 @@ class TrainConfig(_Strict):
     ap_lr: float = 1e-3
     ap_weight_decay: float = 1e-4
     ap_silent_epochs: int = 5
+    ap_target: Literal["labelled", "validation"] = Field(
+        "labelled", description="what the AP learns from: the segmenter's training-mode output on labelled "
+        "batches (the paper), or, a variant beyond it, its eval-mode output on the validation slices it never "
+        "trains on (targets that measure generalisation error instead of training error)")
     warmup_epochs: int = 10
     schedule_epochs: int = Field(400, description="the global cosine schedule reaches min_lr here")
     min_lr: float = 1e-6

@@ -201,7 +201,7 @@ class RoundEngine:
         steps = plan.shape[0]
         aug_gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, global_epoch, self.rank, "aug"))
         torch.manual_seed(derive_seed(self.seed, global_epoch, self.rank, "dropout"))
-        ap_active = global_epoch >= tc.ap_silent_epochs
+        ap_active = global_epoch >= tc.ap_silent_epochs and tc.ap_target == "labelled"
         self.train_net.train()
         self.train_ap.train()
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # seg loss, ap loss, ext loss
@@ -263,6 +263,39 @@ class RoundEngine:
         self.ap_scaler.step(self.ap_opt)
         self.ap_scaler.update()
         return ap_loss.detach()
+
+    def train_ap_on_held_out(self, held_out: SliceSet, global_epoch: int) -> float | None:
+        """``train.ap_target=validation`` (a variant beyond the paper): one pass of AP steps over
+        slices the segmenter never trains on, from its eval-mode output, so the AP's targets measure
+        generalisation error rather than training error. Every rank takes the same number of steps
+        (its share cycled), as DDP needs. None while the AP is silent."""
+        tc = self.cfg.train
+        if global_epoch < tc.ap_silent_epochs:
+            return None
+        n, bs = len(held_out), tc.batch_size
+        steps = torch.tensor(math.ceil(n / bs), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if int(steps) == 0:
+            return None
+        if n == 0:
+            raise ValueError(f"rank {self.rank}: no validation slices to train the AP on (train.ap_target=validation)")
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, global_epoch, self.rank, "ap-held-out"))
+        need = int(steps) * bs
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))])[:need]
+        seg = self.net.segmenter
+        seg.eval()
+        self.train_ap.train()
+        total = 0.0
+        for s in range(int(steps)):
+            idx = order[s * bs:(s + 1) * bs]
+            x = self._prep(held_out.images[idx])
+            y = held_out.labels[idx].to(self.device).long()
+            with torch.no_grad(), self._autocast():
+                logits = seg(x)
+            total += float(self.ap_step(x, logits, y))
+        seg.train()
+        return total / int(steps)
 
     # -- validation ---------------------------------------------------------------------------
     def sync_buffers(self) -> None:

@@ -223,6 +223,8 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
     while True:
         g = int(state["global_epoch"])
         tr = engine.train_epoch(data, g)
+        if spec.config.train.ap_target == "validation":
+            tr["ap_loss"] = engine.train_ap_on_held_out(val, g)
         va = engine.validate(val)
         score = va["val_dice"]
         state["global_epoch"] = g + 1

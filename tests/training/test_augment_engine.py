@@ -174,3 +174,19 @@ def test_lpl_segmenter_learns_from_the_same_loss_as_every_strategy():
     assert seg_lpl.item() == pytest.approx(seg_plain.item(), rel=1e-6)
     assert seg_plain.item() == pytest.approx(expected.item(), rel=1e-5)
     assert ext_plain.item() == 0 and ext_lpl.item() > 0  # the head's ranking loss on each slice's CE
+
+
+def test_ap_variant_learns_from_held_out_slices_only():
+    """train.ap_target=validation: the AP is untouched by the labelled batches and learns from the
+    segmenter's eval-mode output on the held-out slices; the segmenter is unchanged by it."""
+    eng = _engine(overrides=("train.ap_target=validation",))
+    ap_before = [p.detach().clone() for p in eng.ap.parameters()]
+    m = eng.train_epoch(_data(), global_epoch=1)
+    assert m["ap_loss"] is None and all(torch.equal(a, b) for a, b in zip(ap_before, eng.ap.parameters(), strict=True))
+    assert eng.train_ap_on_held_out(_data(6), global_epoch=0) is None  # silent epochs hold here too
+    seg_state = {k: v.clone() for k, v in eng.segmenter.state_dict().items()}
+    loss = eng.train_ap_on_held_out(_data(6), global_epoch=1)
+    assert loss is not None and loss > 0
+    assert not all(torch.equal(a, b) for a, b in zip(ap_before, eng.ap.parameters(), strict=True))
+    assert all(torch.equal(v, eng.segmenter.state_dict()[k]) for k, v in seg_state.items())  # BN stats too
+    assert eng.segmenter.training  # back in training mode for the next epoch
