@@ -36,7 +36,7 @@ def evaluate(
         result = evaluate_on_ray(req)
         typer.echo(json.dumps(result, indent=2) if as_json else table(result))
 
-    user_errors(EvaluationError, *_user_error_types())(_evaluate)()
+    user_errors(*_user_error_types())(_evaluate)()
 
 
 def register(app: typer.Typer) -> None:

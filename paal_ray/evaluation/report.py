@@ -39,7 +39,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<16} {_f(c.get('dice')):>14}  {_pm(c.get('volume_dice'), 4):<24} "
                      f"{_pm(c.get('hd95'), 2):<22} {c.get('missed_volumes', 0):>6} {c.get('spurious_volumes', 0):>8}")
     lines.append(f"{'mean foreground':<16} {_f(result.get('dice')):>14}  {_pm(result.get('volume_dice'), 4):<24} "
-                 f"{_pm(result.get('hd95'), 2):<22}")
+                 f"{_pm(result.get('hd95'), 2)}")
     lines += [
         "",
         "Dice (dataset): from TP/FP/FN summed over the test set. Per volume: a volume's slices stacked in "

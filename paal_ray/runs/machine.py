@@ -382,8 +382,10 @@ class RunMachine:
         from paal_ray.evaluation.report import one_line
         from paal_ray.evaluation.testset import evaluate_final_model, metrics_record
 
-        final = [m for m in read_jsonl(self.paths.metrics) if m.get("kind") == "final"][-1]
-        test = self._test_set()
+        finals = [m for m in read_jsonl(self.paths.metrics) if m.get("kind") == "final"]
+        if not finals:
+            raise RunStateError(f"{self.paths.metrics}: no 'final' record; the final phase did not finish")
+        final, test = finals[-1], self._test_set()
         self.echo(f"[test] evaluating the final model on {len(test['slice_ids'])} test slices")
         result = evaluate_final_model(self.paths.root, test, final, self.cfg, self.services.evaluate)
         self._append_once(metrics_record(result, final))
