@@ -24,7 +24,7 @@ def evaluate(
     import json
 
     from paal_ray.cli.run_cmds import _user_error_types
-    from paal_ray.evaluation.predict import EvaluationError, evaluate_on_ray
+    from paal_ray.evaluation.predict import evaluate_on_ray
     from paal_ray.evaluation.report import table
     from paal_ray.evaluation.testset import evaluate_request
     from paal_ray.runs.launch import connect_for
