@@ -22,8 +22,9 @@ metrics.jsonl) is evaluated on it in a Ray task and the result written to ``RUN/
     seconds, device
 
 How empty classes are scored and aggregated is in ``evaluation/metrics.py``. metrics.jsonl gets
-one ``"test"`` record with the headline numbers (``test_dice``, ``test_dice_per_class``,
-``test_volume_dice`` (+ ``_std``), ``test_hd95`` (+ ``_std``), ``checkpoint``).
+one ``"test"`` record with the headline numbers under the same names (``dice``,
+``dice_per_class``, ``volume_dice`` and ``volume_dice_std``, ``hd95`` and ``hd95_std``, ``patients``,
+``slices``), the final record's ``val_dice`` beside them, and the ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def metrics_record(result: dict[str, Any], final: dict[str, Any]) -> dict[str, A
     """The metrics.jsonl record of a test evaluation (kind "test")."""
     vd, hd = result.get("volume_dice") or {}, result.get("hd95") or {}
     return {"kind": "test", "round": final.get("round"), "epoch": final.get("epoch"),
-            "labeled_count": final.get("labeled_count"), "test_dice": result.get("dice"),
-            "test_dice_per_class": result.get("dice_per_class"), "test_volume_dice": vd.get("mean"),
-            "test_volume_dice_std": vd.get("std"), "test_hd95": hd.get("mean"), "test_hd95_std": hd.get("std"),
-            "test_patients": len(result.get("patients") or []), "test_slices": result.get("num_slices"),
+            "labeled_count": final.get("labeled_count"), "dice": result.get("dice"),
+            "dice_per_class": result.get("dice_per_class"), "volume_dice": vd.get("mean"),
+            "volume_dice_std": vd.get("std"), "hd95": hd.get("mean"), "hd95_std": hd.get("std"),
+            "patients": len(result.get("patients") or []), "slices": result.get("num_slices"),
             "val_dice": final.get("val_dice"), "checkpoint": result.get("checkpoint")}
 
 

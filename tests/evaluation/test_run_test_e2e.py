@@ -36,7 +36,7 @@ def test_run_with_held_out_patients_writes_test_json(ray_session, phantom_pool, 
     final = [m for m in read_jsonl(root / "metrics.jsonl") if m["kind"] == "final"][-1]
     assert test["checkpoint"] == final["checkpoint"]
     rec = [m for m in read_jsonl(root / "metrics.jsonl") if m["kind"] == "test"]
-    assert len(rec) == 1 and rec[0]["test_dice"] == test["dice"]
+    assert len(rec) == 1 and rec[0]["dice"] == test["dice"]
     assert json.loads((root / "state.json").read_text())["phase"] == "done"
     res = runner.invoke(app, ["status", str(root)])
     assert res.exit_code == 0 and f"test       Dice {test['dice']:.4f}" in res.output

@@ -101,7 +101,7 @@ def test_test_step_writes_test_json_once_and_status_shows_it(blob_pool, tmp_path
     assert evaluate.requests[-1].slice_ids == json.loads((root / "split.json").read_text())["test"]["slice_ids"]
     assert test["val_dice"] == final["val_dice"]
     records = [r for r in read_jsonl(root / "metrics.jsonl") if r["kind"] == "test"]
-    assert len(records) == 1 and records[0]["test_dice"] == 0.7 and records[0]["test_volume_dice"] == 0.65
+    assert len(records) == 1 and records[0]["dice"] == 0.7 and records[0]["volume_dice"] == 0.65
     # Done is done: opening again evaluates nothing more.
     RunMachine.open(root, services=services, echo=lambda s: None).run()
     assert len(evaluate.requests) == 2
