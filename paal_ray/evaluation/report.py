@@ -35,7 +35,10 @@ def table(result: dict[str, Any]) -> str:
         f"{'class':<16} {'Dice (dataset)':>14}  {'Dice per volume (n)':<24} {'HD95 per volume (n)':<22} "
         f"{'missed':>6} {'spurious':>8}",
     ]
-    for name, c in (result.get("classes") or {}).items():
+    classes = result.get("classes") or {}
+    # In the pool's class order (a JSON file written with sorted keys lists them alphabetically).
+    order = [n for n in result.get("class_names") or [] if n in classes] or list(classes)
+    for name, c in ((n, classes[n]) for n in order):
         lines.append(f"{name:<16} {_f(c.get('dice')):>14}  {_pm(c.get('volume_dice'), 4):<24} "
                      f"{_pm(c.get('hd95'), 2):<22} {c.get('missed_volumes', 0):>6} {c.get('spurious_volumes', 0):>8}")
     lines.append(f"{'mean foreground':<16} {_f(result.get('dice')):>14}  {_pm(result.get('volume_dice'), 4):<24} "

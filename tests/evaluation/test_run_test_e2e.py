@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from paal_ray.atomic import read_jsonl
 from paal_ray.cli.main import app
+from paal_ray.evaluation.report import table
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_run_with_held_out_patients_writes_test_json(ray_session, phantom_pool, 
     assert test["num_slices"] == 32 and test["num_volumes"] == 2 and test["image_size"] == [64, 64]
     assert not {s.split("/")[0] for s in split["train_ids"] + split["val_ids"]} & set(split["test"]["slice_ids"])
     assert 0 <= test["dice"] <= 1 and len(test["dice_per_class"]) == 4
-    assert list(test["classes"]) == test["class_names"][1:] and len(test["classes"]) == 3
+    assert sorted(test["classes"]) == sorted(test["class_names"][1:]) and len(test["classes"]) == 3
     final = [m for m in read_jsonl(root / "metrics.jsonl") if m["kind"] == "final"][-1]
     assert test["checkpoint"] == final["checkpoint"]
     rec = [m for m in read_jsonl(root / "metrics.jsonl") if m["kind"] == "test"]
@@ -41,6 +42,9 @@ def test_run_with_held_out_patients_writes_test_json(ray_session, phantom_pool, 
     res = runner.invoke(app, ["status", str(root)])
     assert res.exit_code == 0 and f"test       Dice {test['dice']:.4f}" in res.output
     # The same model on the same test set from the CLI: the same figures.
+    # test.json lists classes alphabetically (sorted keys); the table keeps the pool's order.
+    rows = [line.split()[0] for line in table(test).splitlines() if line.split()[:1] and line.split()[0] in test["classes"]]
+    assert rows == test["class_names"][1:]
     res = runner.invoke(app, ["evaluate", str(root), "--json"])
     assert res.exit_code == 0, res.output
     again = json.loads(res.stdout[res.stdout.index("{"):])
