@@ -199,6 +199,34 @@ class OracleConfig(_Strict):
     inbox: str | None = Field(None, description="human oracle: folder where annotators drop masks")
 
 
+class TestSetConfig(_Strict):
+    """The held-out test set a run's final model is judged on (besides the validation fold, which
+    drives IQ and early stopping and so is not unseen). Either a separate labelled pool of other
+    patients, or patients held out of the run's own pool; never both (one run, one test set)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    pool: str | None = Field(None, description="a labelled pool of other patients (`paal ingest`): "
+                             "every slice is a test slice")
+    holdout_patients: int = Field(0, ge=0, description="hold this many patients of the run's pool out "
+                                  "of training, validation and selection, as the test set")
+    seed: int = Field(0, description="which patients are held out: drawn from the sorted patient ids "
+                      "with this seed (not the run seed, nor the fold: every run of a config holds out "
+                      "the same patients)")
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> TestSetConfig:
+        if self.pool and self.holdout_patients:
+            raise ValueError(f"test.pool ({self.pool}) and test.holdout_patients ({self.holdout_patients}) "
+                             f"are both set: a run has one test set, either a separate pool or patients "
+                             f"held out of its own pool; unset one")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.pool) or self.holdout_patients > 0
+
+
 class RunConfig(_Strict):
     name: str = "run"
     workspace: str = "workspace"
@@ -213,6 +241,7 @@ class RunConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
     oracle: OracleConfig = Field(default_factory=OracleConfig)
+    test: TestSetConfig = Field(default_factory=TestSetConfig)
     log_ap_health: bool = Field(True, description="log Pearson r of AP vs actual Dice on unlabelled slices")
     reuse_round0: bool = Field(True, description="adopt round 0 from a run in the same folder that trained it "
                                "identically (same pool, initial set, seed and training config)")

@@ -10,12 +10,13 @@ from paal_ray.cli.errors import user_errors
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
+    from paal_ray.evaluation.predict import EvaluationError
     from paal_ray.runs.machine import BudgetError
     from paal_ray.runs.oracle import MaskError
     from paal_ray.runs.splits import SplitError
     from paal_ray.runs.state import RunStateError
 
-    extra: tuple[type[BaseException], ...] = (BudgetError, MaskError, SplitError, RunStateError)
+    extra: tuple[type[BaseException], ...] = (BudgetError, MaskError, SplitError, RunStateError, EvaluationError)
     try:  # the query and training areas' own "bad input" errors
         from paal_ray.query.strategies.base import StrategyError
         from paal_ray.training.round import RoundSpecError

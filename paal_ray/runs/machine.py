@@ -1,6 +1,9 @@
 """The active-learning run as a persisted state machine.
 
-    init -> { train -> query -> annotate -> ingest } x T -> final -> done
+    init -> { train -> query -> annotate -> ingest } x T -> final [-> test] -> done
+
+``test`` runs when the run has a held-out test set (``test`` config section, recorded in
+split.json at init): the final model is evaluated there into RUN/test.json (evaluation/testset.py).
 
 Each step reads what it needs from the run folder, does its work, writes its outputs atomically
 and only then advances ``state.json``; a run killed anywhere (kill -9 included) resumes from the
@@ -29,6 +32,7 @@ from paal_ray.training.api import RoundResult, RoundSpec
 
 TrainFn = Callable[[RoundSpec], RoundResult]
 QueryFn = Callable[[QueryRequest], QueryResult]
+EvaluateFn = Callable[[Any], dict]  # EvalRequest -> metrics (evaluation/predict.py)
 Hook = Callable[[str, RunState], None]
 
 # Purposes mixed into derived seeds, so the initial set, training and queries draw independently.
@@ -48,16 +52,19 @@ class Services:
     train: TrainFn | None = None
     query: QueryFn | None = None
     strategy: Callable[..., Any] | None = None  # strategies.get(name, **params)
+    evaluate: EvaluateFn | None = None  # the test-set evaluation (a Ray task)
 
     def resolved(self) -> Services:
-        train, query, strategy = self.train, self.query, self.strategy
+        train, query, strategy, evaluate = self.train, self.query, self.strategy, self.evaluate
         if train is None:
             from paal_ray.training import train_round as train
         if query is None:
             from paal_ray.query import run_query as query
         if strategy is None:
             from paal_ray.query.strategies import get as strategy
-        return Services(train=train, query=query, strategy=strategy)
+        if evaluate is None:
+            from paal_ray.evaluation.predict import evaluate_on_ray as evaluate
+        return Services(train=train, query=query, strategy=strategy, evaluate=evaluate)
 
 
 @dataclass
@@ -157,10 +164,14 @@ class RunMachine:
     # -- steps ----------------------------------------------------------------------------------
     def _step_init(self) -> None:
         cfg = self.cfg
-        split = patient_fold_split(self.pool.index(["slice_id", "patient_id"]), cfg.cv.fold, cfg.cv.num_folds)
+        from paal_ray.evaluation.testset import choose_test_set
+
+        # Test patients first: held out of the folds, so never trained on, validated on or selected.
+        index, test = choose_test_set(cfg, self.pool, self.pool.index(["slice_id", "patient_id"]), echo=self.echo)
+        split = patient_fold_split(index, cfg.cv.fold, cfg.cv.num_folds)
         n_train = len(split.train_ids)
         if cfg.budget.full_data:
-            return self._init_state(split, split.train_ids, rounds=0, b=0)
+            return self._init_state(split, split.train_ids, rounds=0, b=0, test=test)
         b = cfg.budget.per_round(n_train)
         if b < 1:
             raise BudgetError(f"budget: b = floor((floor({cfg.budget.max_ratio} x {n_train}) - floor("
@@ -171,9 +182,9 @@ class RunMachine:
         if total > n_train:
             raise BudgetError(f"budget: {total} slices asked for, the training pool holds {n_train}")
         initial = initial_set(split.train_ids, n_init, derive_seed(cfg.seed, cfg.cv.fold, _SEED_INIT))
-        self._init_state(split, initial, rounds=cfg.budget.rounds, b=b)
+        self._init_state(split, initial, rounds=cfg.budget.rounds, b=b, test=test)
 
-    def _init_state(self, split, initial: list[str], *, rounds: int, b: int) -> None:
+    def _init_state(self, split, initial: list[str], *, rounds: int, b: int, test: dict | None) -> None:
         """Write the split, the initial labelled set and the first state (a full-data run: every
         training slice labelled, no rounds, straight to the final phase)."""
         from paal_ray.provenance import versions
@@ -184,7 +195,7 @@ class RunMachine:
         atomic_write_json(self.paths.versions, versions())
         atomic_write_json(self.paths.split, {"fold": cfg.cv.fold, "num_folds": cfg.cv.num_folds,
                                              "val_patients": split.val_patients, "train_ids": split.train_ids,
-                                             "val_ids": split.val_ids})
+                                             "val_ids": split.val_ids, **({"test": test} if test else {})})
         Labelled(initial=initial).save(self.paths)
         self.oracle.prepare(initial, split.val_ids)
         strategy = "full" if cfg.budget.full_data else cfg.strategy.name
@@ -197,6 +208,9 @@ class RunMachine:
                 if rounds else "full data: final phase only")
         self.echo(f"[init] {self.paths.root}: {n_train} training slices ({len(split.val_ids)} validation, fold "
                   f"{cfg.cv.fold}/{cfg.cv.num_folds}); {len(initial)} labelled, {plan}; oracle {cfg.oracle.kind}")
+        if test:
+            self.echo(f"[init] test set: {len(test['patients'])} patients, {len(test['slice_ids'])} slices "
+                      f"({'held out of the pool' if test['source'] == 'holdout' else test['pool']})")
 
     def _round_spec(self, phase: str, name: str, train_ids: list[str], val_ids: list[str], seed: int,
                     pseudo_ids: list[str], init_checkpoint: str | None) -> RoundSpec:
@@ -386,7 +400,27 @@ class RunMachine:
                   f"(stopped by {result.stopped_by}): final validation Dice {_fmt(final)}{self._per_class(chosen)}"
                   f" ({'last' if fixed else 'best'} epoch; best {_fmt(best.get('val_dice'))})")
         self._save(checkpoint=result.checkpoint, global_epoch=result.global_epoch, best_score=result.best_score,
-                   final_dice=final, phase="done")
+                   final_dice=final, phase="test" if self._test_set() else "done")
+
+    def _test_set(self) -> dict | None:
+        import json
+
+        return json.loads(self.paths.split.read_text()).get("test")
+
+    def _step_test(self) -> None:
+        """The final model on the held-out test set: RUN/test.json and a "test" metrics record."""
+        from paal_ray.evaluation.report import one_line
+        from paal_ray.evaluation.testset import evaluate_final_model, metrics_record
+
+        finals = [m for m in read_jsonl(self.paths.metrics) if m.get("kind") == "final"]
+        if not finals:
+            raise RunStateError(f"{self.paths.metrics}: no 'final' record; the final phase did not finish")
+        final, test = finals[-1], self._test_set()
+        self.echo(f"[test] evaluating the final model on {len(test['slice_ids'])} test slices")
+        result = evaluate_final_model(self.paths.root, test, final, self.cfg, self.services.evaluate)
+        self._append_once(metrics_record(result, final))
+        self.echo(f"[test] {one_line(result)} (validation Dice {_fmt(final.get('val_dice'))})")
+        self._save(phase="done")
 
 
 def _check_selection(chosen: list[str], unlabelled: set[str], b: int, r: int) -> None:

@@ -33,6 +33,13 @@ def status_text(root: str | Path) -> str:
         lines.append(f"waiting    for masks in {state.waiting_for} (then `paal run --resume {paths.root}`)")
     if state.final_dice is not None:
         lines.append(f"final      val Dice {_f(state.final_dice)}")
+    test_json = paths.root / "test.json"
+    if test_json.is_file():
+        import json
+
+        from paal_ray.evaluation.report import one_line
+
+        lines.append(f"test       {one_line(json.loads(test_json.read_text()))}")
     points = curve_points(metrics)
     if points:
         lines += ["", f"{'round':>6} {'labelled':>8} {'val Dice':>9} {'per class':<28} {'AP err':>7} {'AP r':>7} "

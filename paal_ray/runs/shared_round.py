@@ -34,7 +34,8 @@ _CHECKPOINT = "checkpoint"
 # Config fields that do not change round-0 training. The budget only sets the initial set (its
 # slice ids are part of the fingerprint) and later rounds: trials of one seed at several budgets
 # (a sweep's usual grid) share round 0 too.
-_IGNORED = {"name", "workspace", "strategy", "ray", "reuse_round0", "log_ap_health", "budget"}
+_IGNORED = {"name", "workspace", "strategy", "ray", "reuse_round0", "log_ap_health", "budget",
+            "test"}  # the test set: held-out patients change train/val ids, which are in the key
 _IGNORED_SCALING = {"score_actors", "score_batch_size", "gpus_per_score_actor", "score_threads",
                     "score_calls_per_gpu_actor", "compile_scoring"}
 

@@ -1,8 +1,11 @@
-"""Patient-level folds and the seeded initial labelled set.
+"""Test patients held out, patient-level folds and the seeded initial labelled set.
 
-Folds follow the paper's protocol: sorted patient IDs cut into contiguous parts; the held-out part
-is the validation set (IQ trigger, early stopping, reported Dice). Slices of one patient never
-straddle training and validation.
+With ``test.holdout_patients`` set, that many patients are first taken out of the pool as the test
+set (drawn with ``test.seed`` from the sorted patient IDs: the same patients for every run seed and
+fold of a config); they never enter training, validation or selection. Folds then follow the
+paper's protocol on the remaining patients: sorted patient IDs cut into contiguous parts; the
+held-out part is the validation set (IQ trigger, early stopping, reported Dice). Slices of one
+patient never straddle test, training and validation.
 """
 
 from __future__ import annotations
@@ -22,6 +25,33 @@ class FoldSplit:
     train_ids: list[str]  # sorted slice ids of the training patients (the AL pool)
     val_ids: list[str]  # sorted slice ids of the held-out patients
     val_patients: list[str]
+
+
+@dataclass(frozen=True)
+class TestHoldout:
+    test_ids: list[str]  # sorted slice ids of the test patients
+    test_patients: list[str]  # sorted
+    rest: pa.Table  # the index without them: what the folds split
+
+
+def hold_out_test_patients(index: pa.Table, count: int, seed: int, *, min_left: int = 1) -> TestHoldout:
+    """Take ``count`` patients out of a pool index (columns slice_id, patient_id) as the test set,
+    drawn without replacement from the sorted patient IDs with ``seed``; ``min_left`` patients must
+    remain (the folds need at least cv.num_folds)."""
+    patients = index.column("patient_id").to_pylist()
+    unique = sorted(set(patients))
+    if count < 0:
+        raise SplitError(f"test.holdout_patients={count}: must be >= 0")
+    if len(unique) - count < min_left:
+        raise SplitError(f"test.holdout_patients={count} leaves {len(unique) - count} of the pool's {len(unique)} "
+                         f"patients, fewer than the {min_left} the folds need (cv.num_folds)")
+    rng = np.random.default_rng(seed)
+    test_patients = sorted(unique[i] for i in rng.choice(len(unique), size=count, replace=False))
+    held = set(test_patients)
+    in_test = np.array([p in held for p in patients], dtype=bool)
+    slice_ids = index.column("slice_id").to_pylist()
+    return TestHoldout(test_ids=sorted(s for s, t in zip(slice_ids, in_test, strict=True) if t),
+                       test_patients=test_patients, rest=index.filter(pa.array(~in_test)))
 
 
 def patient_fold_split(index: pa.Table, fold: int, num_folds: int) -> FoldSplit:

@@ -3,7 +3,7 @@
 ``state.json`` is rewritten atomically after every step, so a run killed at any point restarts
 from the last finished step. ``phase`` names the step to run next::
 
-    init -> train -> query -> annotate -> ingest -> (train ... x T) -> final -> done
+    init -> train -> query -> annotate -> ingest -> (train ... x T) -> final [-> test] -> done
 
 ``labelled.json`` holds the initial set and each round's selection; the labelled set is their
 union, in that order.
@@ -18,7 +18,7 @@ from typing import Any
 
 from paal_ray.atomic import atomic_write_json
 
-PHASES = ("init", "train", "query", "annotate", "ingest", "final", "done")
+PHASES = ("init", "train", "query", "annotate", "ingest", "final", "test", "done")
 STATE_VERSION = 1
 
 
