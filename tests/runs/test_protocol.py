@@ -4,6 +4,7 @@ the full-data reference, and CEAL's pseudo-label count in the round metrics."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,8 @@ from paal_ray.config import ConfigError, load_config
 from paal_ray.query import strategies
 from paal_ray.query.api import QueryResult
 from paal_ray.runs.machine import RunMachine, Services, effective_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name,mode", [("paal", "iq"), ("paal_ap_only", "iq"), ("random", "fixed"),
@@ -41,7 +44,8 @@ def test_the_run_records_the_schedule_it_used(blob_pool, tmp_path):
 
 @pytest.mark.parametrize("preset,ratio,rounds", [("acdc", 0.1, 5), ("acdc", 0.2, 15), ("acdc", 0.5, 20),
                                                  ("segthor", 0.2, 15), ("brain_tumour", 0.05, 10),
-                                                 ("brain_tumour", 0.1, 15), ("brain_tumour", 0.2, 15)])
+                                                 ("brain_tumour", 0.1, 15), ("brain_tumour", 0.2, 15),
+                                                 ("acdc-cpu", 0.1, 5), ("acdc-cpu", 0.2, 15)])
 def test_the_number_of_queries_follows_the_budget_as_in_the_paper(preset, ratio, rounds):
     assert load_config(preset, ["pool=/p", f"budget.max_ratio={ratio}"]).budget.rounds == rounds
     # an explicit T wins, in either order of the overrides
@@ -114,3 +118,18 @@ def test_ceal_pseudo_label_count_is_logged_each_round(blob_pool, tmp_path):
     rounds = [m for m in read_jsonl(tmp_path / "r" / "metrics.jsonl") if m["kind"] == "round"]
     assert [m["pseudo_labelled"] for m in rounds] == [4, 4]
     assert len(services.train.specs[1].pseudo_ids) == 4  # and the next round trains on them
+
+
+def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(tmp_path):
+    from paal_ray.sweeps.spec import expand, load_sweep
+
+    sets = ["pool=/p", f"workspace={tmp_path}"]
+    trials = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison.yaml", sets))
+    assert [(t.values["cv.fold"], t.config.strategy.name) for t in trials[:4]] == [
+        (0, "paal"), (0, "paal_ap_only"), (0, "random"), (0, "max_entropy")]
+    assert len(trials) == 12 and {t.config.budget.rounds for t in trials} == {5}
+    assert all(t.config.test.holdout_patients == 20 and t.config.seed == 0 for t in trials)
+    assert {t.config.schedule.final_init for t in trials} == {"scratch"}
+    full = expand(load_sweep(REPO / "jobs/sweeps/acdc-full.yaml", sets))
+    assert [t.values["cv.fold"] for t in full] == [0, 1, 2] and all(t.config.budget.full_data for t in full)
+    assert full[0].config.schedule == trials[0].config.schedule  # the same final phase as the strategies

@@ -1,0 +1,125 @@
+"""Write docs/results/acdc.md from the ACDC comparison's run folders (issue 11).
+
+    python jobs/acdc_results.py WORKSPACE/acdc-comparison WORKSPACE/acdc-full --out docs/results
+
+Reads only finished run folders (config.yaml, metrics.jsonl, labelled.json, test.json, the rounds'
+ap_health.parquet) and writes acdc.md, acdc-curves.png and acdc-evidence.png into --out. Every
+number on the page comes from those folders; the page names the commit and the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
+from paal_ray.data.pool import Pool
+from paal_ray.runs.state import RunPaths, RunState
+from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
+from paal_ray.sweeps.report import RunPoints, curves_png
+
+ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "badge"]
+COMMANDS = """\
+```bash
+paal ingest ../shared/data/acdc --layout acdc --out pools/acdc128 --size 128
+paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # strategies x folds; re-run to resume
+paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
+python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-full --out docs/results
+```"""
+
+
+def _runs(folders: list[Path]) -> list[tuple[Path, RunState, dict]]:
+    out = []
+    for folder in folders:
+        for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            paths = RunPaths(root)
+            if paths.config.is_file() and paths.state.is_file():
+                out.append((root, RunState.load(paths), yaml.safe_load(paths.config.read_text())))
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict]) -> list[str]:
+    def ms(xs, scale=100):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "-"
+        a = scale * np.asarray(xs, float)
+        return f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f} ({len(a)})"
+
+    lines = ["| method | labelled | validation Dice, final model | validation Dice, best epoch (the paper's number) "
+             "| test Dice, held-out patients | test Dice per volume | test HD95 (px) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    settings = sorted({r.setting for r in refs}, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s))
+    for s in settings:
+        members = [r for r in refs if r.setting == s]
+        f = [finals.get(r.root, {}) for r in members]
+        t = [tests.get(r.root, {}) for r in members]
+        lab = [x.get("labeled_count") for x in f if x.get("labeled_count")]
+        lines.append(f"| {s} | {np.mean(lab):.0f} | " if lab else f"| {s} | - | ")
+        lines[-1] += " | ".join([ms([x.get("val_dice") for x in f]), ms([x.get("val_dice_best") for x in f]),
+                                 ms([x.get("dice") for x in t]), ms([x.get("volume_dice") for x in t]),
+                                 ms([x.get("hd95") for x in t], scale=1)]) + " |"
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path, help="sweep folders (or any folders of run folders)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = ap.parse_args()
+    runs = _runs([f.absolute() for f in args.folders])
+    if not runs:
+        raise SystemExit(f"no run folders in {', '.join(map(str, args.folders))}")
+    refs, points, finals, tests = [], [], {}, {}
+    for root, state, cfg in runs:
+        metrics = read_jsonl(RunPaths(root).metrics)
+        final = [m for m in metrics if m.get("kind") == "final"]
+        test = [m for m in metrics if m.get("kind") == "test"]
+        if final:
+            finals[root] = final[-1]
+        if test:
+            tests[root] = test[-1]
+        rep = f"fold {cfg['cv']['fold']}" + (f", seed {cfg['seed']}" if cfg["seed"] else "")
+        refs.append(RunRef(root, state.strategy, rep))
+        points.append(RunPoints(root.name, state.strategy, [m for m in metrics if m.get("kind") in ("round", "final")],
+                                int(state.n_train or 0), state.phase == "done"))
+    done = [r for r, (_, s, _) in zip(refs, runs, strict=True) if s.phase == "done"]
+    any_cfg = runs[0][2]
+    pool = Pool.open(any_cfg["pool"])
+    versions = json.loads(RunPaths(runs[0][0]).versions.read_text()) if RunPaths(runs[0][0]).versions.is_file() else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([p for p in points if p.points]))
+    atomic_write_bytes(args.out / "acdc-evidence.png", evidence_png(done, pool.class_names))
+    header = [
+        "# ACDC: PAAL against random and uncertainty selection, judged on held-out patients", "",
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python jobs/acdc_results.py` at commit `{_commit()}` "
+        f"from {len(runs)} run folders ({len(done)} finished). Versions of the runs: "
+        + ", ".join(f"{k} {versions[k]}" for k in ("ray", "torch", "segmentation-models-pytorch", "monai")
+                    if k in versions) + ".", "",
+        "## Commands", "", COMMANDS, "",
+        "## Table 2 layout (mean ± std over replicates, Dice in %)", "",
+        *_table2(done, finals, tests), "",
+        "![learning curves](acdc-curves.png)", "", "![AP consistency and annotation distribution](acdc-evidence.png)", "",
+    ]
+    reference = "random" if any(r.setting == "random" for r in done) else None
+    body = evidence_markdown(done, pool.class_names, reference)
+    path = atomic_write_text(args.out / "acdc.md", "\n".join(header) + body)
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
