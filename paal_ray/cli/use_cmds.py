@@ -52,7 +52,8 @@ def predict(
     normalisation, slice axis, size); class probabilities are resized back to the native grid
     before the argmax. Runs on a Ray Data actor pool, a volume at a time per actor.
     """
-    from paal_ray.inference.predict import PredictOptions, predict as run_predict, run_model
+    from paal_ray.inference.predict import PredictOptions, run_model
+    from paal_ray.inference.predict import predict as run_predict
 
     def _go() -> None:
         model, cfg = run_model(run, checkpoint)
