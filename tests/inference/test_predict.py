@@ -2,7 +2,7 @@
 
 The model is trained to high Dice on small phantoms in process, with the training engine every
 Ray Train worker runs (``RoundEngine``: the same models, loss, optimiser and schedule), so it takes
-seconds rather than a Ray Train round."""
+seconds rather than a Ray Train round; the three tests share it."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
     return 2 * inter / total if total else 1.0
 
 
+@pytest.mark.slow  # trains a model to Dice 0.95 once (shared): ~2 CPU-minutes on 2 cores
 def test_masks_match_the_phantom_labels_after_the_resize_round_trip(phantom_run, tmp_path):
     """Phantoms are 48 px, the pool and model 32 px: Dice is measured on the native 48 px grid."""
     import nibabel as nib
@@ -129,6 +130,7 @@ def _odd_volumes(source: Path, folder: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.slow  # trains a model to Dice 0.95 once (shared): ~2 CPU-minutes on 2 cores
 def test_masks_keep_shape_affine_and_header_of_odd_inputs(phantom_run, tmp_path):
     import nibabel as nib
 
@@ -161,6 +163,7 @@ def test_masks_keep_shape_affine_and_header_of_odd_inputs(phantom_run, tmp_path)
         assert np.allclose(p.sum(-1), 1, atol=1e-4) and (p.argmax(-1) == pred).mean() > 0.999
 
 
+@pytest.mark.slow  # trains a model to Dice 0.95 once (shared): ~2 CPU-minutes on 2 cores
 def test_a_corrupt_volume_is_named_and_skipped_with_skip_bad(phantom_run, tmp_path):
     import shutil
 
@@ -177,12 +180,13 @@ def test_a_corrupt_volume_is_named_and_skipped_with_skip_bad(phantom_run, tmp_pa
     (inp / "cut.nii.gz").write_bytes(data[: len(data) // 2])
     (inp / "notes.txt").write_text("not a volume\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["predict", str(run), str(inp), "--out", str(tmp_path / "out")])
+    res = runner.invoke(app, ["predict", str(run), str(inp), "--out", str(tmp_path / "out"), "--actors", "1"])
     assert res.exit_code == 2, res.output
     assert f"{inp / 'cut.nii.gz'}: truncated or corrupt gzip data" in res.output and "--skip-bad" in res.output
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), "nothing may be left behind"
 
-    res = runner.invoke(app, ["predict", str(run), str(inp), "--out", str(tmp_path / "out"), "--skip-bad"])
+    res = runner.invoke(app, ["predict", str(run), str(inp), "--out", str(tmp_path / "out"), "--skip-bad",
+                              "--actors", "1"])
     assert res.exit_code == 0, res.output
     assert "2 masks in" in res.output and "skipped 1" in res.output
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
