@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from paal_ray import __version__
-from paal_ray.cli import data_cmds, eval_cmds, run_cmds, serve_cmds, sweep_cmds
+from paal_ray.cli import data_cmds, eval_cmds, run_cmds, serve_cmds, sweep_cmds, use_cmds
 
 app = typer.Typer(
     name="paal",
@@ -34,7 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-for _module in (data_cmds, run_cmds, eval_cmds, serve_cmds, sweep_cmds):
+for _module in (data_cmds, run_cmds, eval_cmds, use_cmds, serve_cmds, sweep_cmds):
     _module.register(app)
 
 

@@ -187,18 +187,40 @@ def _make_plan(source: Source, options: IngestOptions, checked: list[dict]) -> _
 
 
 # -- pass 2: slice and write on Ray Data ----------------------------------------------------------
+def plan_from_manifest(manifest: dict[str, Any]) -> _Plan:
+    """The preprocessing a pool's slices went through, from its manifest: what ``paal predict``
+    applies to new volumes so that the model sees what it was trained on."""
+    params = manifest.get("params") or {}
+    channels = int(manifest["channels"])
+    modalities = list(manifest.get("modalities") or ["MR"] * channels)
+    window = params.get("window") or DEFAULT_CT_WINDOW
+    return _Plan(channels, modalities, params.get("normalisation") or modality_kinds(modalities),
+                 list(manifest["class_names"]), int(params.get("axis", 2)), manifest.get("image_size"),
+                 (float(window[0]), float(window[1])), tuple(params.get("percentiles") or DEFAULT_PERCENTILES))
+
+
+def normalised_slices(image: np.ndarray, plan: _Plan) -> np.ndarray:
+    """A checked image [C, X, Y, Z] -> its slices along ``plan.axis`` as stored in a pool:
+    [Z, C, H, W] float16 in [0, 1], normalised per channel, resized to ``plan.size`` if set."""
+    from paal_ray.data.normalize import normalise_volume, resize_images
+
+    image = normalise_volume(image, plan.kinds, window=plan.window, percentiles=plan.percentiles)
+    images = np.moveaxis(image, 1 + plan.axis, 0)  # [Z, C, H, W]
+    if plan.size is not None:
+        images = resize_images(images, plan.size)
+    return images.astype(np.float16)
+
+
 def slice_volume(ref: VolumeRef, plan: _Plan) -> list[dict[str, Any]]:
     """All rows of one volume: normalised, sliced along ``plan.axis``, resized if asked."""
-    from paal_ray.data.normalize import normalise_volume, resize_images, resize_labels
+    from paal_ray.data.normalize import resize_labels
     from paal_ray.data.pool import encode_slice_row
 
     image, label = read_case(ref, channels=plan.channels, class_names=plan.class_names)
-    image = normalise_volume(image, plan.kinds, window=plan.window, percentiles=plan.percentiles)
-    images = np.moveaxis(image, 1 + plan.axis, 0)  # [Z, C, H, W]
+    images = normalised_slices(image, plan)
     labels = np.moveaxis(label, plan.axis, 0)  # [Z, H, W]
     if plan.size is not None:
-        images, labels = resize_images(images, plan.size), resize_labels(labels, plan.size)
-    images = images.astype(np.float16)
+        labels = resize_labels(labels, plan.size)
     return [
         encode_slice_row(case_id=ref.case_id, patient_id=ref.patient_id, slice_index=z, image=images[z],
                          label=labels[z], num_classes=len(plan.class_names))

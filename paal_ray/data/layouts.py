@@ -54,6 +54,7 @@ class Source:
     modalities: list[str] | None  # None: inferred from the images (one name per channel)
     window: tuple[float, float] | None = None
     problems: list[Problem] = field(default_factory=list)
+    labelled: bool = True  # False: images alone are wanted (prediction); a missing label is no problem
 
 
 def nifti_stem(path: Path) -> str | None:
@@ -70,7 +71,9 @@ def _visible_files(folder: Path) -> list[Path]:
 
 
 def discover(root: str | Path, layout: str, *, class_names: list[str] | None = None,
-             modalities: list[str] | None = None) -> Source:
+             modalities: list[str] | None = None, labels: bool = True) -> Source:
+    """The volumes of ``root`` in ``layout``. ``labels=False`` (prediction): images without a label
+    are volumes too (``VolumeRef.label`` None), and MSD's test images (imagesTs/) are included."""
     root = Path(root).absolute()
     if layout not in LAYOUTS:
         raise IngestError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -80,7 +83,7 @@ def discover(root: str | Path, layout: str, *, class_names: list[str] | None = N
         raise IngestError(f"{root}: not a folder")
     if not any(root.iterdir()):
         raise IngestError(f"{root}: empty folder (expected {_expected(layout)})")
-    src = {"msd": _msd, "acdc": _acdc, "segthor": _segthor, "folder": _folder}[layout](root)
+    src = {"msd": _msd, "acdc": _acdc, "segthor": _segthor, "folder": _folder}[layout](root, labels)
     if class_names is not None:
         src.class_names = list(class_names)
     if modalities is not None:
@@ -115,14 +118,16 @@ def _drop_duplicates(src: Source) -> None:
     src.volumes = kept
 
 
-def _pair(src: Source, case_id: str, patient_id: str, image: Path, label: Path) -> None:
-    if not label.is_file():
+def _pair(src: Source, case_id: str, patient_id: str, image: Path, label: Path | None) -> None:
+    if not src.labelled:
+        src.volumes.append(VolumeRef(case_id, patient_id, str(image), str(label) if label and label.is_file() else None))
+    elif label is None or not label.is_file():
         src.problems.append(Problem(case_id, str(image), f"missing label (expected {label})"))
     else:
         src.volumes.append(VolumeRef(case_id, patient_id, str(image), str(label)))
 
 
-def _msd(root: Path) -> Source:
+def _msd(root: Path, labels: bool = True) -> Source:
     ds_file = root / "dataset.json"
     if not ds_file.is_file():
         raise IngestError(f"{ds_file}: missing (the MSD layout needs dataset.json)")
@@ -131,17 +136,17 @@ def _msd(root: Path) -> Source:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IngestError(f"{ds_file}: not valid JSON ({e})") from e
     try:
-        labels = {int(k): str(v) for k, v in ds["labels"].items()}
+        names = {int(k): str(v) for k, v in ds["labels"].items()}
         modality = {int(k): str(v) for k, v in ds["modality"].items()}
     except (KeyError, AttributeError, ValueError) as e:
         raise IngestError(f"{ds_file}: needs 'labels' and 'modality' mappings of index to name ({e!r})") from e
-    if sorted(labels) != list(range(len(labels))) or sorted(modality) != list(range(len(modality))):
+    if sorted(names) != list(range(len(names))) or sorted(modality) != list(range(len(modality))):
         raise IngestError(f"{ds_file}: 'labels' and 'modality' keys must be 0..N-1")
     window = ds.get("window")
     if window is not None and (not isinstance(window, list) or len(window) != 2):
         raise IngestError(f"{ds_file}: 'window' must be [low, high]")
-    src = Source("msd", root, [], [labels[k] for k in sorted(labels)], [modality[k] for k in sorted(modality)],
-                 tuple(float(x) for x in window) if window else None)
+    src = Source("msd", root, [], [names[k] for k in sorted(names)], [modality[k] for k in sorted(modality)],
+                 tuple(float(x) for x in window) if window else None, labelled=labels)
     images_dir = root / "imagesTr"
     if not images_dir.is_dir():
         raise IngestError(f"{images_dir}: missing (the MSD layout keeps training images there)")
@@ -153,6 +158,9 @@ def _msd(root: Path) -> Source:
     else:
         for image in _visible_files(images_dir):
             _msd_entry(src, image, root / "labelsTr" / image.name, root)
+    if not labels and (root / "imagesTs").is_dir():
+        for image in _visible_files(root / "imagesTs"):
+            _msd_entry(src, image, None, root)
     return src
 
 
@@ -164,7 +172,7 @@ def _msd_entry(src: Source, image: Path, label: Path | None, root: Path) -> None
     if not image.is_file():
         src.problems.append(Problem(stem, str(image), "listed in dataset.json but missing"))
         return
-    if label is None:
+    if label is None and src.labelled:
         src.problems.append(Problem(stem, str(image), "missing label (no 'label' entry in dataset.json)"))
         return
     _pair(src, stem, stem, image, label)
@@ -173,8 +181,8 @@ def _msd_entry(src: Source, image: Path, label: Path | None, root: Path) -> None
 _ACDC_FRAME = re.compile(r"^(patient\d+)_frame(\d+)$")
 
 
-def _acdc(root: Path) -> Source:
-    src = Source("acdc", root, [], list(ACDC_CLASSES), ["MR"])
+def _acdc(root: Path, labels: bool = True) -> Source:
+    src = Source("acdc", root, [], list(ACDC_CLASSES), ["MR"], labelled=labels)
     patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("patient"))
     for pdir in patients:
         for f in _visible_files(pdir):
@@ -186,8 +194,8 @@ def _acdc(root: Path) -> Source:
     return src
 
 
-def _segthor(root: Path) -> Source:
-    src = Source("segthor", root, [], list(SEGTHOR_CLASSES), ["CT"], SEGTHOR_WINDOW)
+def _segthor(root: Path, labels: bool = True) -> Source:
+    src = Source("segthor", root, [], list(SEGTHOR_CLASSES), ["CT"], SEGTHOR_WINDOW, labelled=labels)
     for pdir in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("Patient_")):
         image = next((pdir / f"{pdir.name}{s}" for s in NIFTI_SUFFIXES if (pdir / f"{pdir.name}{s}").exists()),
                      pdir / f"{pdir.name}.nii.gz")
@@ -199,11 +207,11 @@ def _segthor(root: Path) -> Source:
     return src
 
 
-def _folder(root: Path) -> Source:
+def _folder(root: Path, labels: bool = True) -> Source:
     images_dir, labels_dir = root / "images", root / "labels"
     if not images_dir.is_dir():
         raise IngestError(f"{images_dir}: missing (the folder layout needs images/ and labels/)")
-    src = Source("folder", root, [], None, None)
+    src = Source("folder", root, [], None, None, labelled=labels)
     for image in _visible_files(images_dir):
         stem = nifti_stem(image)
         if stem is None:
@@ -212,6 +220,26 @@ def _folder(root: Path) -> Source:
         label = next((labels_dir / f"{stem}{s}" for s in NIFTI_SUFFIXES if (labels_dir / f"{stem}{s}").exists()),
                      labels_dir / image.name)
         _pair(src, stem, stem, image, label)
+    return src
+
+
+def image_files(path: str | Path) -> Source:
+    """Images alone, for prediction: one NIfTI file, or every NIfTI file of a folder (other files
+    are not volumes and are left out; hidden ones too). Case ids are the file names' stems."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise IngestError(f"{path}: no such file or folder")
+    files = [path] if path.is_file() else _visible_files(path)
+    src = Source("files", path if path.is_dir() else path.parent, [], None, None, labelled=False)
+    for f in files:
+        stem = nifti_stem(f)
+        if stem is not None:
+            src.volumes.append(VolumeRef(stem, stem, str(f), None))
+        elif path.is_file():
+            src.problems.append(Problem(f.name, str(f), "not a NIfTI file (.nii or .nii.gz expected)"))
+    _drop_duplicates(src)
+    if not src.volumes and not src.problems:
+        raise IngestError(f"{path}: no NIfTI files (.nii or .nii.gz) in this folder")
     return src
 
 

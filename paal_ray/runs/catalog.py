@@ -26,8 +26,10 @@ from paal_ray.runs.oracle import (
     MASK_SUFFIXES,
     MaskError,
     decode_slice,
+    export_dir,
     find_mask,
     inbox_path,
+    prediction_names,
     read_mask_bytes,
     safe_name,
     slice_nifti,
@@ -106,6 +108,7 @@ class RunCatalog:
         if annotating:
             for row in rows:
                 row["mask_received"] = find_mask(inbox, row["slice_id"]) is not None
+        self._add_predictions(paths, r, rows)
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         return {
             "run": name, "round": r, "strategy": meta.get("strategy", state.strategy),
@@ -125,6 +128,29 @@ class RunCatalog:
         pool = Pool.open(self._config(paths).pool)
         image, _ = decode_slice(pool.read_slices([slice_id], columns=IMAGE_COLUMNS).to_pylist()[0])
         return slice_png(image) if fmt == "png" else slice_nifti(image)
+
+    # -- pre-annotations ------------------------------------------------------------------------
+    def prediction(self, name: str, slice_id: str, fmt: str = "png") -> bytes:
+        """A selected slice's pre-annotation: the model's predicted mask the human oracle wrote beside
+        the exported image (PNG grey levels = class indices, or uint8 NIfTI [H, W])."""
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"format {fmt!r}: expected one of {', '.join(IMAGE_FORMATS)}")
+        paths = self.paths(name)
+        r = self._round_of(paths, RunState.load(paths), slice_id)
+        path = export_dir(paths, r) / prediction_names(slice_id)[fmt]
+        if not path.is_file():
+            raise RunNotFound(f"slice {slice_id!r}: no predicted mask in round {r} of run {name!r} (only runs with "
+                              f"oracle.kind=human whose checkpoint holds a model write them, when they export)")
+        return path.read_bytes()
+
+    @staticmethod
+    def _add_predictions(paths: RunPaths, r: int, rows: list[dict[str, Any]]) -> None:
+        """Each row: ``has_prediction`` (its pre-annotation is there) and ``pred_dice`` (the AP's
+        predicted Dice per class, background first, where the strategy scored it; else None)."""
+        folder = export_dir(paths, r)
+        for row in rows:
+            row["has_prediction"] = (folder / prediction_names(row["slice_id"])["png"]).is_file()
+            row["pred_dice"] = row.get("pred_acc")
 
     # -- masks ----------------------------------------------------------------------------------
     def put_mask(self, name: str, slice_id: str, data: bytes, filename: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 ``simulated``: the pool's own masks (the paper's setting); nothing to do.
 ``human``: the selected slices are exported for annotators (NIfTI + PNG + manifest.json) to
-``RUN/rounds/NNN/annotate/``; the run stops in ``annotate`` until a mask for every slice is in the
+``RUN/rounds/NNN/annotate/``, each with the current model's predicted mask beside it to start from
+(pre-annotations, ``<slice>_pred.png`` / ``_pred.nii.gz``); the run stops in ``annotate`` until a mask for every slice is in the
 inbox (``oracle.inbox`` or ``RUN/rounds/NNN/inbox``). Masks are validated by ``validate_mask``
 (shared with the upload endpoint to come) and stored as pool rows in ``RUN/labels/``, from which
 ``RUN/train-pool/`` (the pool training reads in this mode) is assembled.
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from paal_ray.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from paal_ray.data.pool import IMAGE_COLUMNS, MANIFEST, SLICE_SCHEMA, SLICES_DIR, Pool, encode_slice_row
-from paal_ray.runs.state import RunPaths
+from paal_ray.runs.state import RunPaths, RunState
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".png", ".npy")
 
@@ -154,26 +155,83 @@ def slice_nifti(image: np.ndarray) -> bytes:
     return gzip.compress(nib.Nifti1Image(hwc, np.eye(4)).to_bytes(), mtime=0)
 
 
-def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path) -> Path:
-    """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json."""
+def prediction_names(slice_id: str) -> dict[str, str]:
+    """Where a slice's pre-annotation lies in the annotate folder, beside its image."""
+    stem = safe_name(slice_id)
+    return {"nii.gz": f"{stem}_pred.nii.gz", "png": f"{stem}_pred.png"}
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A mask [H, W] as the inbox takes it: 8-bit grey levels = class indices."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mask_nifti(mask: np.ndarray) -> bytes:
+    """A mask [H, W] as a gzipped uint8 NIfTI, on the grid of the slice's own NIfTI (identity affine)."""
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.ascontiguousarray(mask, dtype=np.uint8), np.eye(4))
+    img.header.set_data_dtype(np.uint8)
+    return gzip.compress(img.to_bytes(), mtime=0)
+
+
+def predicted_masks(checkpoint: str | None, images: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The model's masks for slices [C, H, W] on their own grid (probabilities resized before the
+    argmax), or None when the checkpoint holds no model bundle (nothing to pre-annotate with)."""
+    if not checkpoint or not (Path(checkpoint) / "model.pt").is_file():
+        return None
+    from paal_ray.inference.predictor import SlicePredictor
+
+    predictor = SlicePredictor.load(checkpoint)
+    return [predictor.predict(image[None].astype(np.float32), tuple(image.shape[1:]))[0][0] for image in images]
+
+
+def export_for_annotation(pool: Pool, slice_ids: list[str], out_dir: Path, round_index: int, inbox: Path,
+                          checkpoint: str | None = None) -> Path:
+    """Write one NIfTI (all channels, [H, W, C]) and one PNG (first channel) a slice, and manifest.json;
+    with a model ``checkpoint``, its predicted mask a slice beside them (pre-annotations:
+    ``<slice>_pred.png`` / ``_pred.nii.gz``, class indices as the inbox takes them)."""
     table = pool.read_slices(slice_ids, columns=IMAGE_COLUMNS)
+    rows = table.to_pylist()
+    images = [decode_slice(row)[0] for row in rows]
+    masks = predicted_masks(checkpoint, images)
     entries = []
     with atomic_directory(out_dir, overwrite=True) as tmp:
-        for row in table.to_pylist():
-            image, _ = decode_slice(row)
+        for i, (row, image) in enumerate(zip(rows, images, strict=True)):
             stem = safe_name(row["slice_id"])
             (tmp / f"{stem}.nii.gz").write_bytes(slice_nifti(image))
             (tmp / f"{stem}.png").write_bytes(slice_png(image))
-            entries.append({"slice_id": row["slice_id"], "image_nifti": f"{stem}.nii.gz", "image_png": f"{stem}.png",
-                            "mask": f"{stem}.nii.gz | {stem}.png | {stem}.npy", "shape": list(image.shape[1:])})
+            entry = {"slice_id": row["slice_id"], "image_nifti": f"{stem}.nii.gz", "image_png": f"{stem}.png",
+                     "mask": f"{stem}.nii.gz | {stem}.png | {stem}.npy", "shape": list(image.shape[1:])}
+            if masks is not None:
+                names = prediction_names(row["slice_id"])
+                (tmp / names["nii.gz"]).write_bytes(mask_nifti(masks[i]))
+                (tmp / names["png"]).write_bytes(mask_png(masks[i]))
+                entry.update(prediction_nifti=names["nii.gz"], prediction_png=names["png"])
+            entries.append(entry)
         atomic_write_json(tmp / "manifest.json", {
             "round": round_index, "class_names": pool.class_names, "num_classes": pool.num_classes,
             "inbox": str(inbox),
             "instructions": "Save one mask a slice into the inbox, named as in 'mask', same height and width "
-                            "as the image, values = class indices (0 = background). Then run `paal run --resume RUN`.",
+                            "as the image, values = class indices (0 = background). Then run `paal run --resume RUN`."
+                            + (" The model's guess for each slice is beside its image (<slice>_pred.png, "
+                               "_pred.nii.gz): copy it into the inbox under the mask's name and correct it."
+                               if masks is not None else ""),
+            "prediction": {"checkpoint": checkpoint} if masks is not None else None,
             "slices": entries,
         })
     return out_dir
+
+
+def export_dir(paths: RunPaths, round_index: int) -> Path:
+    """A round's annotate folder (the human oracle's export)."""
+    return paths.round_dir(round_index) / "annotate"
 
 
 def inbox_path(paths: RunPaths, round_index: int, setting: str | None) -> Path:
@@ -216,7 +274,7 @@ class HumanOracle:
         return inbox_path(self.paths, round_index, self.inbox_setting)
 
     def export_dir(self, round_index: int) -> Path:
-        return self.paths.round_dir(round_index) / "annotate"
+        return export_dir(self.paths, round_index)
 
     def labels_file(self, round_index: int) -> Path:
         return self.paths.labels / f"round-{round_index:03d}.parquet"
@@ -242,7 +300,9 @@ class HumanOracle:
         inbox = self.inbox(round_index)
         export = self.export_dir(round_index)
         if not (export / "manifest.json").is_file():
-            export_for_annotation(self.pool, slice_ids, export, round_index, inbox)
+            # The current model (this round's training) pre-annotates the slices it selected.
+            checkpoint = RunState.load(self.paths).checkpoint if self.paths.state.is_file() else None
+            export_for_annotation(self.pool, slice_ids, export, round_index, inbox, checkpoint)
         inbox.mkdir(parents=True, exist_ok=True)
         found = {s: find_mask(inbox, s) for s in slice_ids}
         missing = [s for s, p in found.items() if p is None]

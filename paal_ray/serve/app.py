@@ -25,13 +25,13 @@ def create_app(workspace: str) -> FastAPI:
     from paal_ray import __version__
     from paal_ray.runs.catalog import RunCatalog
     from paal_ray.serve.deps import install_error_handlers
-    from paal_ray.serve.routers import masks, runs, selections
+    from paal_ray.serve.routers import masks, predictions, runs, selections
 
     app = FastAPI(title="paal-ray", version=__version__,
                   description="Active-learning selections for annotators: what to label next, and mask upload.")
     app.state.catalog = RunCatalog(workspace)
     install_error_handlers(app)
-    for module in (runs, selections, masks):
+    for module in (runs, selections, masks, predictions):
         app.include_router(module.router)
 
     @app.get("/health", tags=["service"])
