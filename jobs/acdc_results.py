@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import yaml
 
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
+from paal_ray.provenance import source_commit
 from paal_ray.runs.state import RunPaths, RunState
 from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
 from paal_ray.sweeps.report import RunPoints, curves_png
@@ -42,14 +42,6 @@ def _runs(folders: list[Path]) -> list[tuple[Path, RunState, dict]]:
             if paths.config.is_file() and paths.state.is_file():
                 out.append((root, RunState.load(paths), yaml.safe_load(paths.config.read_text())))
     return out
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict]) -> list[str]:
@@ -100,14 +92,16 @@ def main() -> None:
     done = [r for r, (_, s, _) in zip(refs, runs, strict=True) if s.phase == "done"]
     any_cfg = runs[0][2]
     pool = Pool.open(any_cfg["pool"])
-    versions = json.loads(RunPaths(runs[0][0]).versions.read_text()) if RunPaths(runs[0][0]).versions.is_file() else {}
+    recorded = [json.loads(RunPaths(r).versions.read_text()) for r, _, _ in runs if RunPaths(r).versions.is_file()]
+    versions = recorded[0] if recorded else {}
+    commits = ", ".join(sorted({str(v.get("commit", "unrecorded"))[:12] for v in recorded})) or "unrecorded"
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "acdc-curves.png", curves_png([p for p in points if p.points]))
     atomic_write_bytes(args.out / "acdc-evidence.png", evidence_png(done, pool.class_names))
     header = [
         "# ACDC: PAAL against random and uncertainty selection, judged on held-out patients", "",
-        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python jobs/acdc_results.py` at commit `{_commit()}` "
-        f"from {len(runs)} run folders ({len(done)} finished). Versions of the runs: "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python jobs/acdc_results.py` at commit `{source_commit()}` "
+        f"from {len(runs)} run folders ({len(done)} finished; the runs' own commits: {commits}). Versions: "
         + ", ".join(f"{k} {versions[k]}" for k in ("ray", "torch", "segmentation-models-pytorch", "monai")
                     if k in versions) + ".", "",
         "## Commands", "", COMMANDS, "",

@@ -187,12 +187,14 @@ class RunMachine:
     def _init_state(self, split, initial: list[str], *, rounds: int, b: int, test: dict | None) -> None:
         """Write the split, the initial labelled set and the first state (a full-data run: every
         training slice labelled, no rounds, straight to the final phase)."""
-        from paal_ray.provenance import versions
+        from paal_ray.provenance import source_commit, versions
 
         cfg = self.cfg
         n_train = len(split.train_ids)
         total = len(initial) + rounds * b
-        atomic_write_json(self.paths.versions, versions())
+        # The source commit is recorded but not fingerprinted: round 0 stays shared across commits
+        # that leave the package versions and training config as they were.
+        atomic_write_json(self.paths.versions, {**versions(), "commit": source_commit()})
         atomic_write_json(self.paths.split, {"fold": cfg.cv.fold, "num_folds": cfg.cv.num_folds,
                                              "val_patients": split.val_patients, "train_ids": split.train_ids,
                                              "val_ids": split.val_ids, **({"test": test} if test else {})})
