@@ -34,7 +34,12 @@ def sweep(
         spec_obj = load_sweep(spec, set_ or None)
         if dry_run:
             trials = expand(spec_obj)
-            typer.echo(f"{len(trials)} trial(s) in {sweep_root(trials)}:")
+            search = spec_obj.search
+            if search and search.sampled():
+                typer.echo(f"{len(trials) * search.num_samples} trial(s) ({len(trials)} grid combination(s) x "
+                           f"{search.num_samples} sample(s)) in {sweep_root(trials)}:")
+            else:
+                typer.echo(f"{len(trials)} trial(s) in {sweep_root(trials)}:")
             for t in trials:
                 typer.echo(f"  {t.name or '(no grid)'}: " + ", ".join(f"{k}={v}" for k, v in t.values.items()))
             if spec_obj.search and spec_obj.search.sampled():

@@ -33,7 +33,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search import Searcher
 
 from paal_ray.atomic import atomic_write_json, atomic_write_text, read_jsonl
-from paal_ray.config import ConfigError, RunConfig
+from paal_ray.config import ConfigError
 from paal_ray.sweeps.spec import (
     SWEEP_FILE,
     TRIALS_FILE,
