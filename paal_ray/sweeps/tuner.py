@@ -238,7 +238,8 @@ def _tune_config(spec: SweepSpec, trials: list[Trial], root: Path, concurrent: i
     if search.algorithm == "optuna" and search.space:
         alg = PerCombinationSearcher(points, search.num_samples, search.seed, METRIC)
         return tune.TuneConfig(search_alg=alg, num_samples=len(points) * search.num_samples, **common), space
-    alg = BasicVariantGenerator(random_state=search.seed)
+    # Tune ignores max_concurrent_trials for a search algorithm passed in: the generator limits itself.
+    alg = BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
     return (tune.TuneConfig(search_alg=alg, num_samples=search.num_samples, **common),
             {"trial": tune.grid_search(points), **space})
 

@@ -164,3 +164,19 @@ def test_search_report_names_the_best_finished_trial_and_shows_stopped_ones(tmp_
     assert (root / "report.md").read_text().count("## Search") == 1
     assert (root / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "stopped    by the sweep's scheduler (ASHA) after 1 round(s): auc 0.1000" in status_text(root / "t002")
+
+
+def test_tune_gets_the_concurrency_cap_asha_over_rounds_and_a_seeded_sampler(tmp_path, pool):
+    """Tune ignores max_concurrent_trials when a search algorithm is passed in: the cap must be the
+    algorithm's own (random: the variant generator; Optuna: Tune's ConcurrencyLimiter)."""
+    from paal_ray.sweeps.tuner import StoppingASHA, _tune_config
+
+    spec = load_sweep(_spec(tmp_path, pool, set=[f"pool={pool}", f"workspace={tmp_path}", "budget.rounds=3"]))
+    trials = expand(spec)
+    cfg, space = _tune_config(spec, trials, tmp_path, concurrent=2)
+    assert cfg.search_alg.max_concurrent == 2 and cfg.num_samples == 3 and cfg.metric == "score"
+    assert isinstance(cfg.scheduler, StoppingASHA) and cfg.scheduler._max_t == 4  # 3 rounds + the final
+    assert set(space["search"]) == {"train.lr", "schedule.iq_patience", "strategy.params.n_init"}
+    plain = load_sweep(_spec(tmp_path, pool, search=None, grid={"seed": [0, 1]}))
+    cfg, space = _tune_config(plain, expand(plain), tmp_path, concurrent=1)
+    assert cfg.max_concurrent_trials == 1 and cfg.scheduler is None and "search" not in space
