@@ -127,6 +127,7 @@ def search_png(spec: SweepSpec, trials: list[SearchTrial]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     keys = list(spec.search.space) or ["(none)"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
@@ -146,13 +147,15 @@ def search_png(spec: SweepSpec, trials: list[SearchTrial]) -> bytes:
                        label=(t.combination or "trials") + (" (stopped)" if stopped else ""))
         if cats:
             ax.set_xticks(range(len(cats)), cats)
+            ax.set_xlim(-0.5, len(cats) - 0.5)
         if kind == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2x10^-3 labels overlap
         ax.set_xlabel(key)
         ax.set_ylabel(f"{spec.search.metric} (validation Dice)")
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles, strict=True))
-        if uniq:
+        if uniq and ax is axes[0][0]:  # one legend: the colours are the same in every panel
             ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     fig.suptitle("metric against each searched value (o finished, x stopped early; large: best)", fontsize=9)
     fig.tight_layout()
