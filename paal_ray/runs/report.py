@@ -40,6 +40,13 @@ def status_text(root: str | Path) -> str:
         from paal_ray.evaluation.report import one_line
 
         lines.append(f"test       {one_line(json.loads(test_json.read_text()))}")
+    if paths.stopped.is_file():  # written by a sweep's early-stopping scheduler (sweeps/tuner.py)
+        import json
+
+        stop = json.loads(paths.stopped.read_text())
+        lines.append(f"stopped    by the sweep's scheduler ({str(stop.get('scheduler', '?')).upper()}) after "
+                     f"{stop.get('rounds_done')} round(s): {stop.get('metric')} {_f(stop.get('value'))} below the "
+                     "rung's cutoff; not continued")
     points = curve_points(metrics)
     if points:
         lines += ["", f"{'round':>6} {'labelled':>8} {'val Dice':>9} {'per class':<28} {'AP err':>7} {'AP r':>7} "

@@ -72,6 +72,11 @@ class RunPaths:
     def learning_curve(self) -> Path:
         return self.root / "learning_curve.png"
 
+    @property
+    def stopped(self) -> Path:
+        """Written when a sweep's scheduler (ASHA) stopped this run early: who, when, on what figure."""
+        return self.root / "stopped.json"
+
     def round_dir(self, r: int) -> Path:
         return self.root / "rounds" / f"{r:03d}"
 
