@@ -20,9 +20,9 @@ import yaml
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
 from paal_ray.provenance import source_commit
-from paal_ray.runs.state import RunPaths, RunState
+from paal_ray.runs.state import RunPaths
 from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
-from paal_ray.sweeps.report import RunPoints, curves_png
+from paal_ray.sweeps.report import collect, curves_png
 
 ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "badge"]
 COMMANDS = """\
@@ -32,16 +32,6 @@ paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # strateg
 paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
 python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-full --out docs/results
 ```"""
-
-
-def _runs(folders: list[Path]) -> list[tuple[Path, RunState, dict]]:
-    out = []
-    for folder in folders:
-        for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            paths = RunPaths(root)
-            if paths.config.is_file() and paths.state.is_file():
-                out.append((root, RunState.load(paths), yaml.safe_load(paths.config.read_text())))
-    return out
 
 
 def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict]) -> list[str]:
@@ -73,30 +63,23 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", type=Path, help="sweep folders (or any folders of run folders)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     args = ap.parse_args()
-    runs = _runs([f.absolute() for f in args.folders])
+    runs = [r for f in args.folders for r in collect(f)]
     if not runs:
         raise SystemExit(f"no run folders in {', '.join(map(str, args.folders))}")
-    refs, points, finals, tests = [], [], {}, {}
-    for root, state, cfg in runs:
-        metrics = read_jsonl(RunPaths(root).metrics)
-        final = [m for m in metrics if m.get("kind") == "final"]
-        test = [m for m in metrics if m.get("kind") == "test"]
-        if final:
-            finals[root] = final[-1]
-        if test:
-            tests[root] = test[-1]
-        rep = f"fold {cfg['cv']['fold']}" + (f", seed {cfg['seed']}" if cfg["seed"] else "")
-        refs.append(RunRef(root, state.strategy, rep))
-        points.append(RunPoints(root.name, state.strategy, [m for m in metrics if m.get("kind") in ("round", "final")],
-                                int(state.n_train or 0), state.phase == "done"))
-    done = [r for r, (_, s, _) in zip(refs, runs, strict=True) if s.phase == "done"]
-    any_cfg = runs[0][2]
-    pool = Pool.open(any_cfg["pool"])
-    recorded = [json.loads(RunPaths(r).versions.read_text()) for r, _, _ in runs if RunPaths(r).versions.is_file()]
+    done = [RunRef(r.root, r.setting, r.replicate) for r in runs if r.done]
+    finals, tests = {}, {}
+    for r in runs:
+        metrics = read_jsonl(RunPaths(r.root).metrics)
+        for kind, into in (("final", finals), ("test", tests)):
+            recs = [m for m in metrics if m.get("kind") == kind]
+            if recs:
+                into[r.root] = recs[-1]
+    pool = Pool.open(yaml.safe_load(RunPaths(runs[0].root).config.read_text())["pool"])
+    recorded = [json.loads(RunPaths(r.root).versions.read_text()) for r in runs if RunPaths(r.root).versions.is_file()]
     versions = recorded[0] if recorded else {}
     commits = ", ".join(sorted({str(v.get("commit", "unrecorded"))[:12] for v in recorded})) or "unrecorded"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([p for p in points if p.points]))
+    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([r for r in runs if r.points]))
     atomic_write_bytes(args.out / "acdc-evidence.png", evidence_png(done, pool.class_names))
     header = [
         "# ACDC: PAAL against random and uncertainty selection, judged on held-out patients", "",

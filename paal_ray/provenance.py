@@ -8,7 +8,7 @@ from importlib import metadata
 
 _PACKAGES = (
     "paal-ray", "ray", "torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
-    "pyarrow", "nibabel", "scikit-learn", "pydantic", "cuml-cu12",
+    "pyarrow", "nibabel", "scikit-learn", "pydantic", "monai", "cuml-cu12",
 )
 
 

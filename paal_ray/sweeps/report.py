@@ -35,9 +35,13 @@ class RunPoints:
     points: list[dict]  # the run's "round" and "final" metrics records, in order
     n_train: int
     done: bool
+    root: Path | None = None
+    replicate: str = ""  # the replicate keys' values (fold, seed): same replicate = same split and initial set
 
 
 def _setting_of(name: str, root: Path, values: dict[str, Any] | None, replicates: list[str]) -> str:
+    if RunState.load(RunPaths(root)).strategy == "full":
+        return "full"  # the full-data reference, whatever its sweep's grid
     if values is not None:
         kept = {k: v for k, v in values.items() if k not in replicates}
         # The strategy is named by itself ("paal"), other settings by key and value ("max_ratio 0.1").
@@ -64,8 +68,20 @@ def collect(folder: str | Path) -> list[RunPoints]:
         points = [m for m in read_jsonl(paths.metrics) if m.get("kind") in ("round", "final")]
         values = trials[root.name] if trials is not None else None
         runs.append(RunPoints(root.name, _setting_of(root.name, root, values, replicates), points,
-                              int(state.n_train or 0), state.phase == "done"))
+                              int(state.n_train or 0), state.phase == "done", root, _replicate_of(root, replicates)))
     return runs
+
+
+def _replicate_of(root: Path, replicates: list[str]) -> str:
+    """'cv.fold=0, seed=1': the run's values of the replicate keys, read from its config."""
+    cfg = yaml.safe_load(RunPaths(root).config.read_text()) or {}
+    parts = []
+    for key in replicates:
+        node: Any = cfg
+        for k in key.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        parts.append(f"{key}={node}")
+    return ", ".join(parts)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -180,4 +196,24 @@ def write_report(folder: str | Path) -> Path:
         raise FileNotFoundError(f"{folder}: no run folders (with config.yaml and state.json) to compare")
     atomic_write_text(folder / "report.csv", report_csv(runs))
     atomic_write_bytes(folder / "curves.png", curves_png(runs))
-    return atomic_write_text(folder / "report.md", report_markdown(folder, runs))
+    text = report_markdown(folder, runs)
+    evidence = _evidence(folder, runs)
+    return atomic_write_text(folder / "report.md", text + ("\n" + evidence if evidence else ""))
+
+
+def _evidence(folder: Path, runs: list[RunPoints]) -> str:
+    """Validation and test side by side, paired differences against random, what was selected, AP
+    consistency (evidence.png). Needs the runs' pool (class presence); skipped when it is gone."""
+    from paal_ray.data.pool import Pool
+    from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
+
+    refs = [RunRef(r.root, r.setting, r.replicate) for r in runs if r.done and r.root is not None]
+    if not refs:
+        return ""
+    try:
+        pool = Pool.open((yaml.safe_load(RunPaths(refs[0].root).config.read_text()) or {})["pool"])
+    except (OSError, KeyError, ValueError):
+        return ""
+    atomic_write_bytes(folder / "evidence.png", evidence_png(refs, pool.class_names))
+    reference = "random" if any(r.setting == "random" for r in refs) else None
+    return evidence_markdown(refs, pool.class_names, reference) + "\n![AP consistency and annotation distribution](evidence.png)\n"

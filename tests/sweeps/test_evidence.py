@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -90,3 +91,31 @@ def test_evidence_report_puts_validation_and_test_side_by_side_with_paired_wins(
     assert "| paal | 0: +0.0100, 1: -0.0100 | 0.0000 ± 0.0141 (2) | 1 of 2 |" in md
     assert "*training pool* | 32 |" in md and "| paal | 12 |" in md
     assert evidence_png(refs, Pool.open(blob_pool).class_names)[:4] == b"\x89PNG"
+
+
+def test_paal_report_and_the_acdc_page_carry_the_evidence(blob_pool, tmp_path):
+    """`paal report` appends the evidence sections for finished runs; jobs/acdc_results.py writes the
+    results page (Table 2 layout with test Dice, the full-data row, paired wins) from run folders."""
+    import subprocess
+    import sys
+
+    from paal_ray.atomic import append_jsonl
+    from paal_ray.sweeps.report import write_report
+
+    runs = tmp_path / "runs"
+    for name, extra in (("paal", {}), ("random", {}), ("full", {"budget.full_data": "true"})):
+        cfg = small_cfg(blob_pool, runs, name=name, reuse_round0="false", **{"strategy.name": name, **extra})
+        RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+        append_jsonl(RunPaths(runs / name).metrics, {"kind": "test", "round": 2, "dice": 0.7, "volume_dice": 0.6,
+                                                     "hd95": 3.0})
+    md = write_report(runs).read_text()
+    assert "## Validation and held-out test Dice" in md and "| full |" in md and (runs / "evidence.png").is_file()
+    assert "## Paired differences against random" in md and "0 of 1 |" in md
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "docs")],
+                         capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "docs" / "acdc.md").read_text()
+    assert "| full | 32 | 84.0 ± 0.0 (1) |" in page  # the fakes: Dice 0.2 + 0.02 x labelled
+    assert "| paal | 15 |" in page and "70.0 ± 0.0 (1) | 60.0 ± 0.0 (1) | 3.0 ± 0.0 (1) |" in page
+    assert (tmp_path / "docs" / "acdc-curves.png").is_file() and (tmp_path / "docs" / "acdc-evidence.png").is_file()
