@@ -69,7 +69,7 @@ def test_runs_and_selection_views(workspace):
         ("/runs/nope", 404, "run 'nope': not found"),
         ("/runs/human/selection?round=5", 404, "round 5 has no selection"),
         ("/runs/human/images/case999/0000", 404, "not selected in any round"),
-        (f"/runs/human/images/{sid}?format=jpg", 400, "format 'jpg'"),
+        (f"/runs/human/images/{sid}?format=jpg", 422, "query format: Input should be 'png' or 'nii.gz'"),
     ]:
         r = client.get(url)
         assert r.status_code == status and words in r.json()["detail"], (url, r.status_code, r.text)
@@ -91,7 +91,7 @@ def test_mask_upload_is_checked_stored_and_reaches_training(workspace, blob_pool
         (chosen[0], "png", _png(np.zeros((16, 16))), 422, "mask shape [16, 16] does not match the slice's shape [32, 32]"),
         (chosen[0], "npy", _npy(np.full((32, 32), 7)), 422, "class values [7] outside 0..2"),
         (chosen[0], "png", b"not a png", 422, "cannot be read as a .png mask"),
-        (chosen[0], "tif", _png(good), 400, "format 'tif'"),
+        (chosen[0], "tif", _png(good), 422, "query format: Input should be"),
         (chosen[0], "png", b"", 400, "empty body"),
         ("case999/0000", "png", _png(good), 409, "not in round 0's selection"),
     ]
