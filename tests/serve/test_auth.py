@@ -22,8 +22,8 @@ from service_helpers import (
     write_tokens,
 )
 
-from paal_ray.serve.auth import Role, TokenFileError, TokenTable, check_bind, is_loopback
 from paal_ray.serve.app import replica_tokens
+from paal_ray.serve.auth import Role, TokenFileError, TokenTable, check_bind, is_loopback
 
 
 def test_token_file_lines_roles_and_errors_that_never_show_a_token(tmp_path):
