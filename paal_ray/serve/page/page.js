@@ -131,12 +131,12 @@ async function loadSelection() {
   const name = state.run;
   const sel = await (await api(`runs/${encodeURIComponent(name)}/selection?offset=${state.offset}&limit=${PAGE}`)).json();
   const received = sel.total - sel.masks_missing;
-  $("selection-info").replaceChildren(
+  $("selection-info").replaceChildren(...[
     el("div", {}, `Round ${sel.round} selection: ${sel.total} slices (${sel.strategy})`),
     sel.annotating ? el("div", { id: "received-count" }, `${received} of ${sel.total} masks received`)
       : el("div", {}, "This round is not waiting for masks."),
     sel.annotating && sel.masks_missing === 0
-      ? el("div", { class: "badge ok" }, "all masks in: resume the run (paal run --resume)") : null);
+      ? el("div", { class: "badge ok" }, "all masks in: resume the run (paal run --resume)") : null].filter(Boolean));
   $("page-text").textContent = sel.total ? `slices ${sel.offset + 1}–${sel.offset + sel.slices.length} of ${sel.total}` : "";
   $("prev").disabled = sel.offset === 0;
   $("next").disabled = sel.next_offset === null;
@@ -153,10 +153,12 @@ function card(run, sel, s) {
   imageUrl(path("images") + "?format=png").then((u) => { img.src = u; }).catch((e) => { thumb.append(el("span", { class: "error" }, e.message)); });
   if (s.has_prediction) overlayPrediction(thumb, path("predictions") + "?format=png");
   const status = el("div", { class: "status" });
+  const predicted = s.pred_dice || s.pred_acc;  // per class, from the accuracy predictor
   const node = el("div", { class: "card", "data-slice": s.slice_id }, thumb,
     el("div", { class: "meta" }, el("span", {}, `#${s.rank + 1}`), el("span", {}, `score ${fmt(s.score)}`)),
     el("div", { class: "sid" }, s.slice_id),
-    s.pred_dice ? el("div", {}, `predicted Dice ${s.pred_dice.map((d) => fmt(d, 2)).join(" / ")}`) : null, status);
+    predicted ? el("div", { class: "pred" }, `AP's predicted Dice ${predicted.map((d) => fmt(d, 2)).join(" / ")}`) : null,
+    status);
   const mark = (ok) => {
     node.classList.toggle("received", ok);
     status.replaceChildren(ok ? el("span", { class: "badge ok received-mark" }, "mask received") : el("span", { class: "badge wait" }, "mask missing"));
