@@ -90,27 +90,52 @@ class MaskTarget:
 
 
 class _FileCache:
-    """Parsed files keyed by (path, mtime, size): selection tables and configs are rewritten only
-    by rename, so an unchanged stat means unchanged content."""
+    """Parsed files keyed by (path, inode, mtime, size): run files are rewritten only by rename
+    (a new inode), so an unchanged stat means unchanged content. Folders keep their inode: for
+    them ``max_age`` bounds how long a listing is trusted on a coarse-mtime filesystem."""
 
-    def __init__(self, size: int = 64):
-        self._items: dict[Path, tuple[tuple[int, int], Any]] = {}
+    def __init__(self, size: int = 64, max_age: float | None = None):
+        self._items: dict[Path, tuple[tuple[int, int, int], float, Any]] = {}
         self._size = size
+        self._max_age = max_age
         self._lock = threading.Lock()
 
     def get(self, path: Path, parse):
         st = path.stat()
-        key = (st.st_mtime_ns, st.st_size)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        now = time.monotonic()
         with self._lock:
             hit = self._items.get(path)
-        if hit and hit[0] == key:
-            return hit[1]
+        if hit and hit[0] == key and (self._max_age is None or now - hit[1] < self._max_age):
+            return hit[2]
         value = parse(path)
         with self._lock:
             if len(self._items) >= self._size:
                 self._items.pop(next(iter(self._items)))
-            self._items[path] = (key, value)
+            self._items[path] = (key, now, value)
         return value
+
+
+def _mask_stems(inbox: Path) -> frozenset[str]:
+    out = set()
+    for n in os.listdir(inbox):
+        for suffix in MASK_SUFFIXES:
+            if n.endswith(suffix) and not n.startswith("."):
+                out.add(n[: -len(suffix)])
+    return frozenset(out)
+
+
+class _Selection:
+    """A selection table as the service serves it, parsed once: JSON-safe rows, ids and file stems."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.table = pq.read_table(path)
+        self.rows = [{k: _json_safe(v) for k, v in row.items()} for row in self.table.to_pylist()]
+        self.ids = [row["slice_id"] for row in self.rows]
+        self.stems = [safe_name(s) for s in self.ids]
+        self.meta = {k.decode(): v.decode() for k, v in (self.table.schema.metadata or {}).items()}
 
 
 class RunCatalog:
@@ -118,6 +143,8 @@ class RunCatalog:
         self.workspace = Path(workspace).absolute()
         self._tables = _FileCache()
         self._configs = _FileCache()
+        self._states = _FileCache(size=1024)
+        self._inboxes = _FileCache(max_age=1.0)
 
     # -- names and paths --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -149,7 +176,7 @@ class RunCatalog:
 
     def _state(self, paths: RunPaths) -> RunState:
         try:
-            return RunState.load(paths)
+            return self._states.get(paths.state, lambda p: RunState.load(paths))
         except (RunStateError, OSError, TypeError) as e:
             raise RunDamaged(self.relative(f"run {paths.root.name!r} cannot be read: {e}")) from e
 
@@ -168,8 +195,8 @@ class RunCatalog:
                                   f"({type(e).__name__}); the service's operator can check it") from e
 
     # -- runs -----------------------------------------------------------------------------------
-    def summary(self, name: str) -> dict[str, Any]:
-        paths = self.paths(name)
+    def summary(self, name: str, *, listed: bool = False) -> dict[str, Any]:
+        paths = RunPaths(self.workspace / name) if listed else self.paths(name)
         state = self._state(paths)
         return {
             "name": name, "readable": True, "error": None, "strategy": state.strategy, "phase": state.phase,
@@ -185,7 +212,7 @@ class RunCatalog:
         out = []
         for name in self.names():
             try:
-                out.append(self.summary(name))
+                out.append(self.summary(name, listed=True))
             except (RunDamaged, RunNotFound) as e:  # RunNotFound: removed while listing
                 out.append({"name": name, "readable": False, "error": str(e)})
         return out
@@ -206,21 +233,20 @@ class RunCatalog:
         paths = self.paths(name)
         state = self._state(paths)
         r = self._round(paths, state, round_index)
-        table = self._selection_table(paths, r)
-        total = table.num_rows
+        sel = self._selection_table(paths, r)
+        total = len(sel.rows)
         stop = total if limit is None else min(total, offset + limit)
-        page = table.slice(offset, max(0, stop - offset))
-        rows = [{k: _json_safe(v) for k, v in row.items()} for row in page.to_pylist()]
+        rows = [dict(row) for row in sel.rows[offset:stop]]
         cfg = self._config(paths)
         inbox = self._inbox(paths, r, cfg)
         annotating = state.phase == "annotate" and state.round == r and inbox is not None
         missing = 0
         if annotating:
             received = self._received(inbox)
-            for row in rows:
-                row["mask_received"] = safe_name(row["slice_id"]) in received
-            missing = sum(safe_name(s) not in received for s in self._slice_ids(paths, r))
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            for row, stem in zip(rows, sel.stems[offset:stop], strict=True):
+                row["mask_received"] = stem in received
+            missing = total - len(received.intersection(sel.stems))
+        meta = sel.meta
         return {
             "run": name, "round": r, "strategy": meta.get("strategy", state.strategy),
             "kmeans_backend": meta.get("kmeans_backend") or None,
@@ -287,7 +313,7 @@ class RunCatalog:
             "run": target.run, "round": target.round, "slice_id": target.slice_id, "format": fmt,
             "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "stored": self._shown(stored),
         })
-        received = self._received(target.inbox)
+        received = _mask_stems(target.inbox)  # fresh: this upload must count
         missing = [s for s in target.selected if safe_name(s) not in received]
         n = len(target.selected)
         return {"run": target.run, "round": target.round, "slice_id": target.slice_id, "stored": self._shown(stored),
@@ -308,19 +334,13 @@ class RunCatalog:
         except ValueError:
             return path.name
 
-    @staticmethod
-    def _received(inbox: Path) -> set[str]:
-        """Stems of the masks in an inbox (one directory listing, not one stat per slice)."""
+    def _received(self, inbox: Path) -> frozenset[str]:
+        """Stems of the masks in an inbox: one directory listing (cached while the folder's
+        mtime stands still), not one stat per slice."""
         try:
-            names = os.listdir(inbox)
+            return self._inboxes.get(inbox, _mask_stems)
         except OSError:
-            return set()
-        out = set()
-        for n in names:
-            for suffix in MASK_SUFFIXES:
-                if n.endswith(suffix) and not n.startswith("."):
-                    out.add(n[: -len(suffix)])
-        return out
+            return frozenset()
 
     @staticmethod
     def _inbox(paths: RunPaths, r: int, cfg) -> Path | None:
@@ -336,19 +356,17 @@ class RunCatalog:
             return min(state.round, done[-1])
         return round_index  # a round without a selection is reported when its table is read
 
-    def _selection_table(self, paths: RunPaths, r: int):
-        import pyarrow.parquet as pq
-
+    def _selection_table(self, paths: RunPaths, r: int) -> _Selection:
         path = paths.selection(r)
         if not path.is_file():
             raise RunNotFound(f"run {paths.root.name!r}: round {r} has no selection")
         try:
-            return self._tables.get(path, lambda p: pq.read_table(p))
+            return self._tables.get(path, _Selection)
         except (OSError, ValueError) as e:  # pyarrow's errors derive from these
             raise RunDamaged(self.relative(f"run {paths.root.name!r}: {path} cannot be read ({e})")) from e
 
     def _slice_ids(self, paths: RunPaths, r: int) -> list[str]:
-        return self._selection_table(paths, r).column("slice_id").to_pylist()
+        return self._selection_table(paths, r).ids
 
     def _round_of(self, paths: RunPaths, state: RunState, slice_id: str) -> int:
         """The latest round whose selection holds the slice."""
