@@ -142,3 +142,24 @@ def test_auth_matrix_on_ray_serve(workspace, ray_session, tmp_path):
         assert json.loads(text)["masks_missing"] == 5
     finally:
         serve.shutdown()
+
+
+def test_deploy_files_mount_the_token_secret_where_the_serve_config_reads_it():
+    from pathlib import Path
+
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    args = yaml.safe_load((deploy / "serve.yaml").read_text())["applications"][0]["args"]
+    assert args.get("insecure_no_auth") is not True and args["tokens_file"].startswith("/etc/paal/tokens/")
+    secret = yaml.safe_load((deploy / "kuberay" / "serve-tokens-secret.yaml").read_text())
+    cluster = yaml.safe_load((deploy / "kuberay" / "raycluster.yaml").read_text())
+    pods = [cluster["spec"]["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]]
+    for pod in pods:
+        volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"])
+        mounts = [m for c in pod["containers"] for m in c["volumeMounts"] if m["name"] == volume["name"]]
+        assert mounts and all(m["mountPath"] == "/etc/paal/tokens" for m in mounts)
+    assert Path(args["tokens_file"]).name in secret["stringData"]
+    with pytest.raises(TokenFileError):  # the example secret holds no usable token
+        TokenTable.parse(secret["stringData"]["tokens"], "example secret")
