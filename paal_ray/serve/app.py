@@ -23,7 +23,7 @@ app is built on each replica, which reads the tokens there; nothing is built at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -38,7 +38,6 @@ class ServeSettings:
     tokens: TokenTable | None = None  # None: no authentication (loopback, or --insecure-no-auth)
     allowed_hosts: tuple[str, ...] = ("*",)  # Host headers accepted (TrustedHost)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _SecurityHeaders:

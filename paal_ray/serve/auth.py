@@ -144,7 +144,8 @@ _READS = {"GET", "HEAD", "OPTIONS"}
 _bearer = HTTPBearer(auto_error=False, description="A token from the service's token file (`paal serve --tokens`).")
 
 
-def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+async def authenticate(request: Request,
+                       credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
     """The app-level dependency: who is calling, and may they call this route with this method?"""
     endpoint = request.scope.get("endpoint")
     tokens: TokenTable | None = request.app.state.tokens
@@ -169,7 +170,7 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
 def requires(role: Role):
     """A route-level dependency asking for more than the method's default role."""
 
-    def check(request: Request) -> Principal:
+    async def check(request: Request) -> Principal:
         principal: Principal = request.state.principal
         if principal.role < role:
             raise HTTPException(403, f"{principal.name} ({principal.role.name}) may not do this: needs the "

@@ -48,7 +48,7 @@ def error_responses(*codes: int) -> dict[int, dict]:
 COMMON_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 500, 503)
 
 
-def get_catalog(request: Request) -> RunCatalog:
+async def get_catalog(request: Request) -> RunCatalog:  # async: no threadpool hop for a lookup
     return request.app.state.catalog
 
 
