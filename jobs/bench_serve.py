@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -100,6 +102,17 @@ async def load(port: int, token: str, args) -> tuple[list, list, float]:
     return latencies, errors, time.perf_counter() - start
 
 
+def _cpu_seconds(procs) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=50)
@@ -107,6 +120,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5000, help="slices in the selection being annotated")
     ap.add_argument("--page", type=int, default=100, help="rows per selection page")
     ap.add_argument("--runs", type=int, default=10, help="runs in the workspace")
+    ap.add_argument("--workers", type=int, default=1, help="`paal serve --workers`")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -119,7 +133,8 @@ def main() -> None:
             port = s.getsockname()[1]
         log = open(root / "serve.log", "w")
         server = subprocess.Popen([sys.executable, "-m", "paal_ray.cli.main", "serve", str(ws), "--port", str(port),
-                                   "--tokens", str(root / "tokens")], stdout=log, stderr=subprocess.STDOUT,
+                                   "--tokens", str(root / "tokens"), "--workers", str(args.workers)],
+                                  stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             deadline = time.monotonic() + 120
@@ -131,14 +146,22 @@ def main() -> None:
                     if server.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit("server did not start:\n" + (root / "serve.log").read_text()) from None
                     time.sleep(0.3)
+            print(f"server: paal serve --tokens --workers {args.workers}")
             print(f"workspace: {args.runs} runs, selection of {args.rows:,} slices; {args.clients} clients for "
                   f"{args.seconds:g} s on loopback; /runs and {args.page}-row selection pages, half each", flush=True)
             asyncio.run(load(port, token, argparse.Namespace(**{**vars(args), "seconds": 2})))  # warm-up
             load_before = os.getloadavg()[0]
+            procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+            cpu = _cpu_seconds(procs)
             latencies, errors, wall = asyncio.run(load(port, token, args))
+            server_cpu = _cpu_seconds(procs) - cpu
         finally:
             server.terminate()
-            server.wait(10)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
             log.close()
     latencies.sort()
     n = len(latencies)
@@ -148,6 +171,8 @@ def main() -> None:
 
     print(f"requests   {n:,} in {wall:.1f} s = {n / wall:,.0f} requests/s")
     print(f"latency    p50 {q(0.50):.1f} ms   p90 {q(0.90):.1f} ms   p99 {q(0.99):.1f} ms   max {q(1.0):.1f} ms")
+    print(f"server CPU {server_cpu:.1f} s = {server_cpu / max(n, 1) * 1e3:.2f} ms a request "
+          f"(at most ~{max(n, 1) / max(server_cpu, 1e-9):,.0f} requests/s a free core)")
     print(f"errors     {len(errors)}" + (f" ({sorted(set(map(str, errors)))})" if errors else ""))
     print(f"machine    {os.cpu_count()} cores, load average {load_before:.1f} before the run "
           f"(other work on the machine makes these figures indicative)")

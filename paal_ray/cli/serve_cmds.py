@@ -23,6 +23,8 @@ def serve(
     ray_serve: bool = typer.Option(False, "--ray-serve", help="Run on Ray Serve (the local Ray, or RAY_ADDRESS) "
                                    "instead of a single uvicorn process."),
     replicas: int = typer.Option(1, "--replicas", help="Ray Serve replicas (with --ray-serve)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes (one a core serves the most "
+                                "requests; each reads the token file itself)."),
 ) -> None:
     """Serve the runs' selections to annotators and take their masks over HTTP.
 
@@ -65,6 +67,24 @@ def serve(
 
     from paal_ray.serve.app import ServeSettings, create_app
 
+    if workers > 1:  # worker processes build the app themselves, from the environment
+        import json
+        import os
+
+        from paal_ray.serve import app as serve_app
+        from paal_ray.serve.auth import TOKENS_ENV, TOKENS_FILE_ENV
+
+        os.environ.pop(TOKENS_ENV, None)
+        os.environ.pop(TOKENS_FILE_ENV, None)
+        if tokens:
+            os.environ[TOKENS_FILE_ENV] = str(tokens.absolute())
+        os.environ[serve_app.WORKSPACE_ENV] = str(workspace.absolute())
+        os.environ[serve_app.ALLOWED_HOSTS_ENV] = json.dumps(list(hosts))
+        # Workers import numpy, pyarrow and pydantic before they answer: on a busy machine that
+        # takes longer than uvicorn's 5 s health check, which would restart them forever.
+        uvicorn.run("paal_ray.serve.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                    log_level="info", server_header=False, timeout_worker_healthcheck=120)
+        return
     settings = ServeSettings(tokens=table, allowed_hosts=hosts)
     uvicorn.run(create_app(str(workspace.absolute()), settings), host=host, port=port, log_level="info",
                 server_header=False)

@@ -111,6 +111,22 @@ def create_app(workspace: str, settings: ServeSettings | None = None) -> FastAPI
     return app
 
 
+WORKSPACE_ENV = "PAAL_SERVE_WORKSPACE"
+ALLOWED_HOSTS_ENV = "PAAL_SERVE_ALLOWED_HOSTS"
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn app factory for `paal serve --workers N`: each worker process builds the app from
+    its environment (``PAAL_SERVE_WORKSPACE``, ``PAAL_SERVE_ALLOWED_HOSTS`` as a JSON list, and the
+    tokens from ``PAAL_TOKENS_FILE``/``PAAL_TOKENS``: none means no authentication, which the
+    CLI allows only where it would allow it for one process)."""
+    import json
+    import os
+
+    return create_app(os.environ[WORKSPACE_ENV], ServeSettings(
+        tokens=TokenTable.from_environment(), allowed_hosts=tuple(json.loads(os.environ.get(ALLOWED_HOSTS_ENV, '["*"]')))))
+
+
 def deployment(args: dict[str, Any]):
     """Ray Serve application builder: ``args`` come from the Serve config.
 
