@@ -163,3 +163,17 @@ def test_deploy_files_mount_the_token_secret_where_the_serve_config_reads_it():
     assert Path(args["tokens_file"]).name in secret["stringData"]
     with pytest.raises(TokenFileError):  # the example secret holds no usable token
         TokenTable.parse(secret["stringData"]["tokens"], "example secret")
+
+
+def test_worker_processes_read_the_tokens_themselves(workspace, tmp_path):
+    """`paal serve --workers 2`: each uvicorn worker builds the app from the environment, with the
+    token file's tokens, so authentication holds in every worker."""
+    ws, _ = workspace
+    log = tmp_path / "serve.log"
+    with paal_serve(ws, "--workers", "2", "--tokens", str(write_tokens(tmp_path / "tokens")), log=log) as (base, _):
+        for _ in range(4):  # requests spread over the workers
+            assert request(f"{base}/runs")[0] == 401
+            assert request(f"{base}/runs", token=TOKENS["viewer"][0])[0] == 200
+            assert request(f"{base}/runs/human/uploads", token=TOKENS["annotator"][0])[0] == 403
+    assert log.read_text().count("Application startup complete") == 2
+    assert not any(t in log.read_text() for t, _ in TOKENS.values())
