@@ -1,7 +1,7 @@
 """Selection-service throughput and latency: 50 concurrent clients for 30 s on loopback.
 
 A workspace of 10 runs (one waiting for the masks of a 5,000-slice selection, which annotators page
-through 100 rows at a time) is served by a real `paal serve --tokens` (uvicorn, one process); the
+through 100 rows at a time) is served by a real `paal serve --tokens` (uvicorn; `--workers N` processes); the
 clients (asyncio, keep-alive HTTP/1.1 with a bearer token) read `/runs` and random 100-row pages of
 the selection, half each. Prints requests/s, p50, p99, max and errors. Goal on the 2-core
 reference machine: p99 < 100 ms and no errors; on a shared machine the figures are indicative.

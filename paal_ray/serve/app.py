@@ -67,7 +67,7 @@ def create_app(workspace: str, settings: ServeSettings | None = None) -> FastAPI
     from paal_ray import __version__
     from paal_ray.runs.catalog import RunCatalog
     from paal_ray.serve.auth import authenticate, public
-    from paal_ray.serve.deps import install_error_handlers
+    from paal_ray.serve.deps import error_responses, install_error_handlers
     from paal_ray.serve.limits import ContentLengthLimit
     from paal_ray.serve.routers import masks, page, runs, selections
 
@@ -81,7 +81,9 @@ def create_app(workspace: str, settings: ServeSettings | None = None) -> FastAPI
     app.state.max_body_bytes = settings.max_body_bytes
     install_error_handlers(app)
     for module in (page, runs, selections, masks):
-        app.include_router(module.router)
+        # Every router's routes may answer 401/403 (the app-level auth) and 500: documented here,
+        # so a new router's schema is complete without edits to it.
+        app.include_router(module.router, responses=error_responses(401, 403, 500))
 
     @app.get("/health", tags=["service"])
     @public
