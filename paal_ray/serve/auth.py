@@ -1,8 +1,8 @@
 """Who may call the selection service: bearer tokens with roles.
 
-A token file has one line per person, ``TOKEN ROLE NAME`` (``#`` starts a comment); ROLE is
-``viewer`` (reads), ``annotator`` (reads and mask uploads) or ``admin`` (everything, the upload
-audit log included). The role a route needs follows from its HTTP method (reads need a viewer,
+A token file has one line per person, ``TOKEN ROLE NAME`` (a line starting with ``#`` is a
+comment); ROLE is ``viewer`` (reads), ``annotator`` (reads and mask uploads) or ``admin``
+(everything, the upload audit log included). The role a route needs follows from its HTTP method (reads need a viewer,
 anything else an annotator) unless the route asks for more with ``requires(Role.admin)``; the
 check is an app-level dependency, so every router the app includes is covered without edits to it.
 Routes marked ``public`` (health, the page's empty shell) are open.
@@ -68,8 +68,8 @@ class TokenTable:
     def parse(cls, text: str, where: str) -> TokenTable:
         principals: dict[bytes, Principal] = {}
         for number, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
+            line = line.strip()
+            if not line or line.startswith("#"):  # whole-line comments only: a token may hold '#'
                 continue
             parts = line.split(maxsplit=2)
             if len(parts) < 3:

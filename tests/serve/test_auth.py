@@ -209,3 +209,8 @@ def test_a_router_added_later_is_protected_without_edits_to_it(workspace, tmp_pa
     assert client.put(url, headers={"Authorization": f"Bearer {TOKENS['annotator'][0]}"}).status_code == 200
     op = client.get("/openapi.json").json()["paths"]["/runs/{name}/predictions/{slice_id}"]["get"]
     assert op["security"] == [{"HTTPBearer": []}]
+
+
+def test_a_token_may_hold_a_hash_sign():
+    table = TokenTable.parse("  # a comment line\nab#cdefghijklmnopq annotator Hash Holder\n", "t")
+    assert table.lookup("ab#cdefghijklmnopq").name == "Hash Holder"
