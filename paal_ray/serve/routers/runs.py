@@ -1,4 +1,5 @@
-"""GET /runs and GET /runs/{name}: the runs of the workspace and their state."""
+"""GET /runs, GET /runs/{name} and GET /runs/{name}/uploads: the runs of the workspace, their
+state, and (admins only) who uploaded which mask."""
 
 from __future__ import annotations
 
@@ -7,18 +8,28 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from paal_ray.runs.catalog import RunCatalog
-from paal_ray.serve.deps import get_catalog
+from paal_ray.serve.auth import Role, requires
+from paal_ray.serve.deps import error_responses, get_catalog
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-@router.get("")
+@router.get("", responses=error_responses(401, 403, 500))
 def list_runs(catalog: RunCatalog = Depends(get_catalog)) -> list[dict[str, Any]]:
-    """Every run of the workspace: strategy, phase, round, labelled count, Dice."""
-    return [catalog.summary(name) for name in catalog.names()]
+    """Every run of the workspace: strategy, phase, round, labelled count, Dice. A run folder that
+    cannot be read is listed with ``readable: false`` and the reason."""
+    return catalog.listing()
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(401, 403, 404, 500, 503))
 def get_run(name: str, catalog: RunCatalog = Depends(get_catalog)) -> dict[str, Any]:
     """One run: its state and learning curve (validation Dice, AP error and Pearson r by round)."""
     return catalog.detail(name)
+
+
+@router.get("/{name}/uploads", responses=error_responses(401, 403, 404, 500),
+            dependencies=[Depends(requires(Role.admin))])
+def get_uploads(name: str, catalog: RunCatalog = Depends(get_catalog)) -> list[dict[str, Any]]:
+    """The run's upload audit log (admins only): time, annotator, slice, sha256 and size of each
+    accepted mask, oldest first."""
+    return catalog.audit(name)

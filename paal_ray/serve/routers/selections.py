@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from paal_ray.runs.catalog import IMAGE_FORMATS, RunCatalog
+from paal_ray.runs.catalog import RunCatalog
 from paal_ray.runs.oracle import safe_name
-from paal_ray.serve.deps import get_catalog
+from paal_ray.serve.deps import error_responses, get_catalog
 
 router = APIRouter(prefix="/runs/{name}", tags=["selections"])
 
+ImageFormat = Literal["png", "nii.gz"]
 _MEDIA = {"png": "image/png", "nii.gz": "application/gzip"}
+MAX_PAGE = 1000
 
 
-@router.get("/selection")
-def get_selection(name: str, round: int | None = Query(None, ge=0, description="default: the latest round"),
+@router.get("/selection", responses=error_responses(401, 403, 404, 422, 500, 503))
+def get_selection(name: str, round: int | None = Query(None, ge=0, le=10_000, description="default: the latest round"),
+                  offset: int = Query(0, ge=0, le=10_000_000, description="first row of the page (rank order)"),
+                  limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE, description="rows in the page"),
                   catalog: RunCatalog = Depends(get_catalog)) -> dict[str, Any]:
-    """The round's selected slices in rank order, with scores (and clusters and the AP's predicted
-    Dice where the strategy has them) and, while the run waits for annotations, which masks arrived."""
-    return catalog.selection(name, round)
+    """A page of the round's selected slices in rank order, with scores (and clusters and the AP's
+    predicted Dice where the strategy has them) and, while the run waits for annotations, which
+    masks arrived. ``total`` counts the whole selection; ``next_offset`` is null on the last page."""
+    return catalog.selection(name, round, offset=offset, limit=limit)
 
 
-@router.get("/images/{slice_id:path}")
-def get_image(name: str, slice_id: str, format: str = Query("png", description=" or ".join(IMAGE_FORMATS)),
+@router.get("/images/{slice_id:path}", response_class=Response,
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                         "application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "The slice as PNG or gzipped NIfTI"},
+                       **error_responses(401, 403, 404, 422, 500, 503)})
+def get_image(name: str, slice_id: str, format: ImageFormat = Query("png"),
               catalog: RunCatalog = Depends(get_catalog)) -> Response:
     """A selected slice to annotate: PNG (first channel) or NIfTI (all channels, H x W x C)."""
     data = catalog.image(name, slice_id, format)
