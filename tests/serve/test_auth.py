@@ -180,7 +180,7 @@ def test_worker_processes_read_the_tokens_themselves(workspace, tmp_path):
 
 
 def test_a_router_added_later_is_protected_without_edits_to_it(workspace, tmp_path):
-    """Auth is an app-level dependency: a new router (here a stand-in for a predictions router)
+    """Auth is an app-level dependency: a new router (here a stand-in for a future 'notes' router)
     included into the app needs a token with the method's role, and its schema says so."""
     from fastapi import APIRouter
     from fastapi.testclient import TestClient
@@ -188,26 +188,26 @@ def test_a_router_added_later_is_protected_without_edits_to_it(workspace, tmp_pa
     from paal_ray.serve.app import ServeSettings, create_app
 
     ws, _ = workspace
-    router = APIRouter(prefix="/runs/{name}/predictions")
+    router = APIRouter(prefix="/runs/{name}/notes")
 
     @router.get("/{slice_id:path}")
-    def get_prediction(name: str, slice_id: str) -> dict:
+    def get_note(name: str, slice_id: str) -> dict:
         return {"run": name, "slice_id": slice_id}
 
     @router.put("/{slice_id:path}")
-    def put_prediction(name: str, slice_id: str) -> dict:
+    def put_note(name: str, slice_id: str) -> dict:
         return {"run": name}
 
     app = create_app(str(ws), ServeSettings(tokens=TokenTable.read(write_tokens(tmp_path / "tokens"))))
     app.include_router(router)
     client = TestClient(app)
-    url = "/runs/human/predictions/case000/0001"
+    url = "/runs/human/notes/case000/0001"
     assert client.get(url).status_code == 401
     assert client.get(url, headers={"Authorization": f"Bearer {UNKNOWN_TOKEN}"}).status_code == 401
     assert client.get(url, headers={"Authorization": f"Bearer {TOKENS['viewer'][0]}"}).status_code == 200
     assert client.put(url, headers={"Authorization": f"Bearer {TOKENS['viewer'][0]}"}).status_code == 403
     assert client.put(url, headers={"Authorization": f"Bearer {TOKENS['annotator'][0]}"}).status_code == 200
-    op = client.get("/openapi.json").json()["paths"]["/runs/{name}/predictions/{slice_id}"]["get"]
+    op = client.get("/openapi.json").json()["paths"]["/runs/{name}/notes/{slice_id}"]["get"]
     assert op["security"] == [{"HTTPBearer": []}]
 
 
