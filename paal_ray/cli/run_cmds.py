@@ -81,7 +81,7 @@ def demo(
 ) -> None:
     """Phantoms -> ingest (64 px) -> a PAAL run and a random-selection run from the same initial set
     on the local Ray with the CPU preset -> Dice by round for both. A few minutes on 2 cores."""
-    from paal_ray.runs.demo import run_demo
+    from paal_ray.demo import run_demo
 
     user_errors(*_user_error_types())(run_demo)(workspace, rounds=rounds, seed=seed, echo=typer.echo)
 
