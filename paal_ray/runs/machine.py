@@ -332,6 +332,7 @@ class RunMachine:
             "labeled_after": len(labelled.all()), "selected": len(chosen), "val_dice": last.get("val_dice"),
             "val_dice_per_class": last.get("val_dice_per_class"), "ap_error": last.get("val_ap_mae"),
             "ap_pearson": query.get("ap_pearson"), "query_s": (query.get("timings") or {}).get("total_s"),
+            "kmeans_backend": query.get("kmeans_backend"), "kmeans": (query.get("extra") or {}).get("kmeans"),
             "stopped_by": train["stopped_by"],
         })
         nxt = r + 1

@@ -60,9 +60,12 @@ class QueryContext:
     round_index: int = 0
     labelled: dict[str, np.ndarray] = field(default_factory=dict)  # scores of the labelled slices
     kmeans_backend: str = "auto"
-    kmeans_fn: Callable[..., Any] | None = None  # injectable for tests; default clustering.kmeans
+    # What runs KMeans: the query engine sets clustering.kmeans_task (a Ray task placed on a GPU or
+    # a whole CPU node); default in process (clustering.kmeans), as strategy unit tests want.
+    kmeans_fn: Callable[..., Any] | None = None
     clustering_s: float = 0.0
     backend_used: str | None = None
+    kmeans_placement: dict[str, Any] | None = None  # where the (last) KMeans task ran, if in a task
 
     def kmeans(self, features: np.ndarray, k: int, **kwargs) -> Any:
         from paal_ray.query.clustering import kmeans as default_kmeans
@@ -72,6 +75,7 @@ class QueryContext:
         res = fn(features, k, self.seed, kwargs.pop("backend", self.kmeans_backend), **kwargs)
         self.clustering_s += time.perf_counter() - t0
         self.backend_used = res.backend
+        self.kmeans_placement = getattr(res, "placement", None)
         return res
 
 
