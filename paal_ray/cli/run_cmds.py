@@ -17,10 +17,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     extra: tuple[type[BaseException], ...] = (BudgetError, MaskError, SplitError, RunStateError)
     try:  # the query and training areas' own "bad input" errors
+        from paal_ray.query.engine import QueryError
+        from paal_ray.query.scoring import ScoringError
         from paal_ray.query.strategies.base import StrategyError
         from paal_ray.training.round import RoundSpecError
 
-        extra += (StrategyError, RoundSpecError)
+        extra += (StrategyError, RoundSpecError, QueryError, ScoringError)
     except ImportError:
         pass
     return extra
