@@ -91,14 +91,17 @@ def kmeans(features: np.ndarray, k: int, seed: int, backend: str = "auto", *, n_
 KMEANS_TASK_NAME = "paal_kmeans"
 
 
-def _largest_node_cpus(ray) -> int:
-    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+def _largest_node_cpus(ray, resources: dict[str, float]) -> int:
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes()
+            if n.get("Alive") and all(n.get("Resources", {}).get(r, 0) >= v for r, v in resources.items())]
     return max(1, int(max(cpus, default=1)))
 
 
-def kmeans_task(features: np.ndarray, k: int, seed: int, backend: str = "auto", **kwargs) -> KMeansResult:
+def kmeans_task(features: np.ndarray, k: int, seed: int, backend: str = "auto", *,
+                resources: dict[str, float] | None = None, **kwargs) -> KMeansResult:
     """``kmeans`` in a Ray task placed by the cluster's resources (see the module docstring); in
-    process when no Ray is running. Blocks until the result is back."""
+    process when no Ray is running. ``resources``: custom resources the task asks for too (the
+    nodes meant for the work). Blocks until the result is back."""
     import ray
 
     if not ray.is_initialized():
@@ -106,17 +109,19 @@ def kmeans_task(features: np.ndarray, k: int, seed: int, backend: str = "auto", 
     if backend != "auto" and backend not in BACKENDS:  # fail here, not in a remote traceback
         raise ValueError(f"kmeans backend {backend!r}: expected 'auto' or one of {', '.join(BACKENDS)}")
     x_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
+    custom = dict(resources or {})
     if ray.cluster_resources().get("GPU", 0) >= 1:
         resources = {"num_gpus": 1, "num_cpus": 1}
         threads = None
     else:
-        node_cpus = _largest_node_cpus(ray)
+        node_cpus = _largest_node_cpus(ray, custom)
         # Sized to a node: it can only be scheduled on a node this big, and uses all its cores.
         # One CPU is left unreserved so that a sweep's trial actors (a hundredth of a CPU each)
         # cannot keep it waiting for ever.
         resources = {"num_gpus": 0, "num_cpus": max(1, node_cpus - 1)}
         threads = node_cpus
-    task = ray.remote(_kmeans_in_task).options(name=KMEANS_TASK_NAME, max_retries=2, **resources)
+    task = ray.remote(_kmeans_in_task).options(name=KMEANS_TASK_NAME, max_retries=2, resources=custom or None,
+                                               **resources)
     res = ray.get(task.remote(x_ref, k, seed, backend, threads, kwargs))
     if res.placement.get("fallback"):
         log.warning("kmeans: %s", res.placement["fallback"])

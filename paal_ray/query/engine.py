@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import time
+from functools import partial
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def run_query(req: QueryRequest) -> QueryResult:
     scoring_s = time.perf_counter() - t0
 
     ctx = QueryContext(num_classes=num_classes, seed=req.seed, num_candidates=len(candidates),
-                       round_index=req.round_index, labelled=lab_scores, kmeans_fn=kmeans_task)
+                       round_index=req.round_index, labelled=lab_scores,
+                       kmeans_fn=partial(kmeans_task, resources=dict(req.scaling.custom_resources)))
     rng = np.random.default_rng(req.seed)
     t1 = time.perf_counter()
     sel = strategy.select(scores, req.budget, rng, ctx) if candidates else Selection(np.zeros(0, np.int64), np.zeros(0))
