@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import ray
 
 
+WORKER_SETUP_HOOK = "paal_ray.cluster.quiet_local_workers"
+
+
 @dataclass(frozen=True)
 class RaySession:
     address: str | None
@@ -36,7 +39,15 @@ def connect(
     if ray.is_initialized():
         return RaySession(address=address, local=address is None)
     if address:
-        ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
+        # The same quieting hook in the cluster's workers of this job (Ray merges it into a job's
+        # runtime env); a job whose runtime env sets its own hook keeps it.
+        try:
+            ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True,
+                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
+        except ValueError as e:
+            if "worker_process_setup_hook" not in str(e):
+                raise
+            ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
         # Progress bars only on a terminal: in `ray job submit` logs they are thousands of lines.
         configure_data_context(progress_bars=sys.stdout.isatty())
         return RaySession(address=address, local=False)
@@ -45,7 +56,7 @@ def connect(
     # Nothing preempts a local machine: no watcher actor per training round.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(
-        runtime_env={"worker_process_setup_hook": "paal_ray.cluster.quiet_local_workers"},
+        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
         num_cpus=num_cpus or os.cpu_count(),
         object_store_memory=object_store_memory,
         include_dashboard=False,
@@ -59,15 +70,17 @@ def connect(
 
 
 def quiet_local_workers() -> None:
-    """Runs in every worker process of the embedded local cluster (and in the driver), so that a
-    laptop run shows our progress lines rather than Ray's internals:
+    """Runs in every worker process of this job (embedded local cluster or a real one) and in the
+    driver, so that a run shows our progress lines rather than Ray's internals:
 
     - without a dashboard Ray's state API is absent, and Ray Train's placement-group cleaner warns
       about it once a second for the whole round (the cleaner still does its job);
     - Ray Train logs every ``report`` (one per epoch) at INFO under a logger named by file path,
       outside the ``ray.train`` hierarchy that ``LoggingConfig`` filters;
     - Ray Data logs each execution and each Parquet read estimate at INFO, and says once per
-      process that progress bars are off (we turned them off).
+      process that progress bars are off (we turned them off);
+    - Ray Data executions started in a worker (Ray Train's dataset split coordinator) use that
+      worker's own DataContext, whose progress bars print an "execution finished" line each.
     Warnings and errors still show."""
     import logging
     import warnings
@@ -82,6 +95,7 @@ def quiet_local_workers() -> None:
         logging.getLogger(name).setLevel(level)
     # Ray Train's own DatasetManager sets a deprecated Ray Data option (not ours to fix).
     warnings.filterwarnings("ignore", message=".*exclude_resources.*")
+    configure_data_context(progress_bars=False)
 
 
 def configure_data_context(*, progress_bars: bool | None = None) -> None:

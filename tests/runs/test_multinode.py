@@ -1,7 +1,7 @@
 """A real two-node Ray cluster on one machine: a head (1 CPU) and a worker node (3 CPUs and a custom
 resource ``paal_worker``), each `ray start --block` in its own process group with its own ports
-(the head its own --temp-dir), stopped by PID, never `ray stop`. A small PAAL run on phantoms is
-submitted as a job with ``scaling.custom_resources={paal_worker: 1}``: Ray Train workers, scoring
+(the head its own --temp-dir), stopped by PID, never `ray stop`. Phantoms are ingested by one job, then a
+small PAAL run on them is submitted as another with ``scaling.custom_resources={paal_worker: 1}``: Ray Train workers, scoring
 actors and the KMeans task must run on the worker node (checked with Ray's state API), and the job
 prints no Ray internal error lines. Then the same run again, the worker node killed (SIGKILL to its
 whole process group) in the middle of round 0's training and a fresh worker node started: the run
@@ -127,16 +127,31 @@ def _worker_node_ids(url: str, timeout: float = 120) -> set[str]:
     raise AssertionError("no worker node joined the cluster")
 
 
+def _job_env() -> dict:
+    return {"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}}
+
+
+def _phantom_pool(client, tmp_path: Path) -> Path:
+    """Phantoms written here, ingested by a job on the cluster (its tasks run on the worker node)."""
+    from paal_ray.data.phantoms import PhantomSpec, write_phantoms
+
+    src, pool = tmp_path / "phantoms", tmp_path / "pool"
+    write_phantoms(src, PhantomSpec(cases=8, size=32, slices=8, seed=0))
+    entry = f"{sys.executable} {REPO / 'jobs' / 'ingest.py'} {src} --layout msd --out {pool} --size 32"
+    _wait(client, client.submit_job(entrypoint=entry, runtime_env=_job_env()))
+    return pool
+
+
 def _submit(client, pool: Path, workspace: Path, name: str) -> str:
     sets = [f"pool={pool}", f"workspace={workspace}", f"name={name}", "strategy.name=paal", "seed=3",
             "budget.init_ratio=0.1", "budget.max_ratio=0.2", "budget.rounds=1", "reuse_round0=false",
             "schedule.max_epochs_per_round=4", "schedule.max_final_epochs=1", "schedule.mode=fixed",
             "schedule.fixed_warmup=4", "train.samples_per_epoch=32", "train.batch_size=8",
             "train.augment.enabled=false", "scaling.score_batch_size=32", "scaling.score_threads=1",
+            "model.image_size=32",
             f"scaling.custom_resources={{{WORKER_RESOURCE}: 1}}"]
     entry = f"{sys.executable} {REPO / 'jobs' / 'run_al.py'} --config cpu " + " ".join(f"--set {s}" for s in sets)
-    return client.submit_job(entrypoint=entry, runtime_env={"env_vars": {"PYTHONPATH": str(REPO),
-                                                                         "RAY_AUTH_MODE": "disabled"}})
+    return client.submit_job(entrypoint=entry, runtime_env=_job_env())
 
 
 def _wait(client, job: str, timeout: float = 420) -> str:
@@ -156,12 +171,13 @@ def _labelled(run: Path) -> list[str]:
     return sorted(data["labelled"])
 
 
-def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, phantom_pool, tmp_path):
+def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, tmp_path):
     from ray.util.state import list_actors, list_tasks
 
     client, url = cluster["client"], cluster["url"]
     cluster["add_worker"]()
     workers = _worker_node_ids(url)
+    phantom_pool = _phantom_pool(client, tmp_path)
 
     # 1. undisturbed
     logs = _wait(client, _submit(client, phantom_pool, tmp_path, "calm"))
