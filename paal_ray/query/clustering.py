@@ -17,6 +17,7 @@ where it ran, on what, for how long, and why it fell back from the configured ba
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -170,7 +171,8 @@ def _kmeans_in_task(x: np.ndarray, k: int, seed: int, backend: str, threads: int
             res = kmeans(x, k, seed, name, device=device, **kwargs)
     else:
         res = kmeans(x, k, seed, name, device=device, **kwargs)
-    placement = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "device": device,
+    placement = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                 "device": device,
                  "num_gpus": 1 if gpu else 0, "threads": n_threads, "seconds": round(time.perf_counter() - t0, 4),
                  "requested": backend, "fallback": fallback}
     return res._replace(placement=placement)

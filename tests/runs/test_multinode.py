@@ -114,12 +114,26 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _worker_node_ids(url: str, timeout: float = 120) -> set[str]:
+def _state(fn, *args, timeout: float = 120, **kwargs):
+    """A state API call, retried while the head's dashboard is busy (a loaded 2-core machine)."""
+    from ray.util.state.exception import RayStateApiException
+
+    t0 = time.time()
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except (RayStateApiException, ConnectionError, OSError):
+            if time.time() - t0 > timeout:
+                raise
+            time.sleep(2)
+
+
+def _worker_node_ids(url: str, timeout: float = 180) -> set[str]:
     from ray.util.state import list_nodes
 
     t0 = time.time()
     while time.time() - t0 < timeout:
-        ids = {n.node_id for n in list_nodes(address=url, detail=True)
+        ids = {n.node_id for n in _state(list_nodes, address=url, detail=True)
                if n.state == "ALIVE" and WORKER_RESOURCE in (n.resources_total or {})}
         if ids:
             return ids
@@ -158,10 +172,11 @@ def _wait(client, job: str, timeout: float = 420) -> str:
     from ray.job_submission import JobStatus
 
     t0 = time.time()
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() - t0 < timeout, client.get_job_logs(job)[-4000:]
+    while (status := _state(client.get_job_status, job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                 JobStatus.STOPPED}:
+        assert time.time() - t0 < timeout, _state(client.get_job_logs, job)[-4000:]
         time.sleep(2)
-    logs = client.get_job_logs(job)
+    logs = _state(client.get_job_logs, job)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     return logs
 
@@ -185,13 +200,13 @@ def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, 
     assert "core_worker.cc" not in logs and "execution finished" not in logs, logs[-4000:]
     calm = tmp_path / "calm"
     assert json.loads((calm / "state.json").read_text())["phase"] == "done"
-    kmeans = [t for t in list_tasks(address=url, filters=[("name", "=", "paal_kmeans")], detail=True)
+    kmeans = [t for t in _state(list_tasks, address=url, filters=[("name", "=", "paal_kmeans")], detail=True)
               if t.state == "FINISHED"]
     assert kmeans and {t.node_id for t in kmeans} <= workers, kmeans  # not in the driver, on the worker node
     query = json.loads((calm / "rounds" / "000" / "query.json").read_text())
     assert query["kmeans_backend"] == "sklearn" and query["extra"]["kmeans"]["node_id"] in workers
     assert query["extra"]["kmeans"]["threads"] == 3  # sized to the worker node, not the 1-CPU head
-    actors = list_actors(address=url, detail=True, limit=1000)
+    actors = _state(list_actors, address=url, detail=True, limit=1000)
     train = [a for a in actors if "TrainWorker" in a.class_name]
     score = [a for a in actors if "ScoreActor" in a.class_name]
     assert train and score, sorted({a.class_name for a in actors})
