@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import ray
 
-
 WORKER_SETUP_HOOK = "paal_ray.cluster.quiet_local_workers"
 
 

@@ -96,7 +96,7 @@ def explain(exc: BaseException, user_types: tuple[type[BaseException], ...] = US
     return f"{_where(chain)}: {kind}{_one_line(cause)}", bool(ours)
 
 
-def _through_ray(exc: BaseException) -> bool:
+def through_ray(exc: BaseException) -> bool:
     return any(_is_ray(e) for e in _walk(exc))
 
 
@@ -118,14 +118,14 @@ def user_errors(*extra: type[BaseException]) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except known as e:
-                if _through_ray(e):  # one of ours, raised remotely: Ray made it pose as its type
+                if through_ray(e):  # one of ours, raised remotely: Ray made it pose as its type
                     line, _ = explain(e, known)
                     typer.echo(f"error: {line}", err=True)
                 else:
                     typer.echo(f"error: {e}", err=True)
                 sys.exit(2)
             except Exception as e:
-                if not _through_ray(e):
+                if not through_ray(e):
                     raise
                 line, user = explain(e, known)
                 typer.echo(f"error: {line} (full traceback: {_save_traceback(e)})", err=True)
