@@ -77,44 +77,65 @@ class Node:
         self.kill()
 
 
+def _start_head(temp: Path) -> tuple[Node, str]:
+    """The head and its dashboard URL, once the job API answers. On a loaded machine a raylet may
+    miss Ray's fixed 30 s start-up window and `ray start` gives up: start it again (new ports)."""
+    from ray.job_submission import JobSubmissionClient
+
+    for attempt in range(3):
+        gcs, dash = _free_port(), _free_port()
+        head = Node(temp, f"head{attempt}", ["--head", f"--temp-dir={temp}", f"--port={gcs}",
+                                             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                                             f"--ray-client-server-port={_free_port()}", "--num-cpus=1",
+                                             "--object-store-memory=200000000", "--include-dashboard=true"])
+        head.gcs = gcs
+        url = f"http://127.0.0.1:{dash}"
+        t0 = time.time()
+        while head.proc.poll() is None and time.time() - t0 < 180:
+            try:
+                JobSubmissionClient(url)
+                time.sleep(5)  # `ray start` still checks its raylet for a while after the API is up
+                if head.proc.poll() is None:
+                    return head, url
+            except Exception:
+                time.sleep(1)
+        head.stop()
+    raise AssertionError("ray head did not start:\n" + head.log_path.read_text()[-3000:])
+
+
 @pytest.fixture
 def cluster():
     temp = Path(tempfile.mkdtemp(prefix="paalmn-", dir="/tmp"))  # short: socket paths have a length limit
-    gcs, dash = _free_port(), _free_port()
     nodes: list[Node] = []
-    head = Node(temp, "head", ["--head", f"--temp-dir={temp}", f"--port={gcs}", f"--dashboard-port={dash}",
-                               "--dashboard-host=127.0.0.1", f"--ray-client-server-port={_free_port()}",
-                               "--num-cpus=1", "--object-store-memory=200000000", "--include-dashboard=true"])
-    nodes.append(head)
-
-    def add_worker() -> Node:
-        node = Node(temp, f"worker{len(nodes)}", [f"--address=127.0.0.1:{gcs}", "--num-cpus=3",
-                                                  f"--resources={json.dumps({WORKER_RESOURCE: 100})}",
-                                                  "--object-store-memory=200000000"])
-        nodes.append(node)
-        return node
-
-    url = f"http://127.0.0.1:{dash}"
     try:
         from ray.job_submission import JobSubmissionClient
 
-        t0 = time.time()
-        while True:
-            try:
-                client = JobSubmissionClient(url)
-                break
-            except Exception:
-                if head.proc.poll() is not None or time.time() - t0 > 120:
-                    raise AssertionError("ray head did not start:\n" + head.log_path.read_text()) from None
-                time.sleep(1)
-        yield {"client": client, "url": url, "add_worker": add_worker, "nodes": nodes, "temp": temp}
+        head, url = _start_head(temp)
+        nodes.append(head)
+
+        def add_worker() -> Node:
+            for _ in range(3):
+                node = Node(temp, f"worker{len(nodes)}", [f"--address=127.0.0.1:{head.gcs}", "--num-cpus=3",
+                                                          f"--resources={json.dumps({WORKER_RESOURCE: 100})}",
+                                                          "--object-store-memory=200000000"])
+                nodes.append(node)
+                try:
+                    _worker_node_ids(url, node)
+                    return node
+                except AssertionError:
+                    node.stop()
+            raise AssertionError("no worker node joined:\n" + node.log_path.read_text()[-3000:])
+
+        yield {"client": JobSubmissionClient(url), "url": url, "add_worker": add_worker, "nodes": nodes,
+               "temp": temp}
     finally:
         for node in reversed(nodes):
             node.stop()
-        shutil.rmtree(temp, ignore_errors=True)
+        if not os.environ.get("PAAL_KEEP_CLUSTER_LOGS"):  # set it to read the nodes' logs afterwards
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def _state(fn, *args, timeout: float = 120, **kwargs):
+def _state(fn, *args, timeout: float = 300, **kwargs):
     """A state API call, retried while the head's dashboard is busy (a loaded 2-core machine)."""
     from ray.util.state.exception import RayStateApiException
 
@@ -128,11 +149,14 @@ def _state(fn, *args, timeout: float = 120, **kwargs):
             time.sleep(2)
 
 
-def _worker_node_ids(url: str, timeout: float = 180) -> set[str]:
+def _worker_node_ids(url: str, node: Node | None = None, timeout: float = 180) -> set[str]:
+    """The alive worker nodes' ids, once there is one (and ``node``'s process is still up)."""
     from ray.util.state import list_nodes
 
     t0 = time.time()
     while time.time() - t0 < timeout:
+        if node is not None and node.proc.poll() is not None:
+            break
         ids = {n.node_id for n in _state(list_nodes, address=url, detail=True)
                if n.state == "ALIVE" and WORKER_RESOURCE in (n.resources_total or {})}
         if ids:
