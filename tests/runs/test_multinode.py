@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -188,7 +189,7 @@ def _submit(client, pool: Path, workspace: Path, name: str) -> str:
             "train.augment.enabled=false", "scaling.score_batch_size=32", "scaling.score_threads=1",
             "model.image_size=32",
             f"scaling.custom_resources={{{WORKER_RESOURCE}: 1}}"]
-    entry = f"{sys.executable} {REPO / 'jobs' / 'run_al.py'} --config cpu " + " ".join(f"--set {s}" for s in sets)
+    entry = f"{sys.executable} {REPO / 'jobs' / 'run_al.py'} --config cpu " + " ".join(f"--set {shlex.quote(s)}" for s in sets)
     return client.submit_job(entrypoint=entry, runtime_env=_job_env())
 
 
