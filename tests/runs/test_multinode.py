@@ -83,7 +83,7 @@ def _start_head(temp: Path) -> tuple[Node, str]:
     miss Ray's fixed 30 s start-up window and `ray start` gives up: start it again (new ports)."""
     from ray.job_submission import JobSubmissionClient
 
-    for attempt in range(3):
+    for attempt in range(5):
         gcs, dash = _free_port(), _free_port()
         head = Node(temp, f"head{attempt}", ["--head", f"--temp-dir={temp}", f"--port={gcs}",
                                              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
@@ -115,7 +115,7 @@ def cluster():
         nodes.append(head)
 
         def add_worker() -> Node:
-            for _ in range(3):
+            for _ in range(5):
                 node = Node(temp, f"worker{len(nodes)}", [f"--address=127.0.0.1:{head.gcs}", "--num-cpus=3",
                                                           f"--resources={json.dumps({WORKER_RESOURCE: 100})}",
                                                           "--object-store-memory=200000000"])
