@@ -38,13 +38,13 @@ def connect(
     if ray.is_initialized():
         return RaySession(address=address, local=address is None)
     if address:
-        # The same quieting hook in the cluster's workers of this job (Ray merges it into a job's
-        # runtime env); a job whose runtime env sets its own hook keeps it.
+        # The same quiet workers as locally, for this job's workers on the cluster (Ray merges this
+        # into a job's runtime env); a job whose runtime env sets any of it keeps its own.
         try:
             ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True,
-                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
+                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": worker_env()})
         except ValueError as e:
-            if "worker_process_setup_hook" not in str(e):
+            if "merge" not in str(e):
                 raise
             ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
         # Progress bars only on a terminal: in `ray job submit` logs they are thousands of lines.
@@ -52,8 +52,8 @@ def connect(
         return RaySession(address=address, local=False)
     # A throwaway local cluster needs no token; a user's own setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Nothing preempts a local machine: no watcher actor per training round.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    for key, value in worker_env().items():  # the local raylet and its workers inherit these
+        os.environ.setdefault(key, value)
     ray.init(
         runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
         num_cpus=num_cpus or os.cpu_count(),
@@ -68,6 +68,20 @@ def connect(
     return RaySession(address=None, local=True)
 
 
+def worker_env() -> dict[str, str]:
+    """Environment of the workers, each a user's own setting if there is one:
+
+    - Ray Data's own logging config sets its loggers to INFO whenever ``ray.data`` is imported (so
+      after a setup hook): every execution in a worker (a Ray Train worker iterating its shard)
+      printed an "execution finished" line. ``RAY_DATA_LOG_LEVEL`` is what that config obeys.
+    - Ray Train's preemption watcher (an actor per round) is created with its arguments in the
+      object store and restarts allowed, and Ray prints a core_worker.cc error line about that
+      every round. Off: a preempted node then counts as one of ``scaling.max_failures``.
+    """
+    return {key: os.environ.get(key, default) for key, default in
+            (("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))}
+
+
 def quiet_local_workers() -> None:
     """Runs in every worker process of this job (embedded local cluster or a real one) and in the
     driver, so that a run shows our progress lines rather than Ray's internals:
@@ -77,9 +91,7 @@ def quiet_local_workers() -> None:
     - Ray Train logs every ``report`` (one per epoch) at INFO under a logger named by file path,
       outside the ``ray.train`` hierarchy that ``LoggingConfig`` filters;
     - Ray Data logs each execution and each Parquet read estimate at INFO, and says once per
-      process that progress bars are off (we turned them off);
-    - Ray Data executions started in a worker (Ray Train's dataset split coordinator) use that
-      worker's own DataContext, whose progress bars print an "execution finished" line each.
+      process that progress bars are off (we turned them off); see also ``worker_env``.
     Warnings and errors still show."""
     import logging
     import warnings
@@ -94,7 +106,6 @@ def quiet_local_workers() -> None:
         logging.getLogger(name).setLevel(level)
     # Ray Train's own DatasetManager sets a deprecated Ray Data option (not ours to fix).
     warnings.filterwarnings("ignore", message=".*exclude_resources.*")
-    configure_data_context(progress_bars=False)
 
 
 def configure_data_context(*, progress_bars: bool | None = None) -> None:

@@ -127,7 +127,9 @@ def cluster():
                     node.stop()
             raise AssertionError("no worker node joined:\n" + node.log_path.read_text()[-3000:])
 
-        yield {"client": JobSubmissionClient(url), "url": url, "add_worker": add_worker, "nodes": nodes,
+        client = JobSubmissionClient(url)
+        client.gcs = head.gcs
+        yield {"client": client, "url": url, "add_worker": add_worker, "nodes": nodes,
                "temp": temp}
     finally:
         for node in reversed(nodes):
@@ -166,8 +168,10 @@ def _worker_node_ids(url: str, node: Node | None = None, timeout: float = 180) -
     raise AssertionError("no worker node joined the cluster")
 
 
-def _job_env() -> dict:
-    return {"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}}
+def _job_env(gcs: int) -> dict:
+    # RAY_ADDRESS for the job's workers too: this machine runs other Ray instances (other tests,
+    # other developers), and Ray Train's placement-group cleaner would not know which is its own.
+    return {"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": f"127.0.0.1:{gcs}"}}
 
 
 def _phantom_pool(client, tmp_path: Path) -> Path:
@@ -177,7 +181,7 @@ def _phantom_pool(client, tmp_path: Path) -> Path:
     src, pool = tmp_path / "phantoms", tmp_path / "pool"
     write_phantoms(src, PhantomSpec(cases=8, size=32, slices=8, seed=0))
     entry = f"{sys.executable} {REPO / 'jobs' / 'ingest.py'} {src} --layout msd --out {pool} --size 32"
-    _wait(client, client.submit_job(entrypoint=entry, runtime_env=_job_env()))
+    _wait(client, client.submit_job(entrypoint=entry, runtime_env=_job_env(client.gcs)))
     return pool
 
 
@@ -190,7 +194,7 @@ def _submit(client, pool: Path, workspace: Path, name: str) -> str:
             "model.image_size=32",
             f"scaling.custom_resources={{{WORKER_RESOURCE}: 1}}"]
     entry = f"{sys.executable} {REPO / 'jobs' / 'run_al.py'} --config cpu " + " ".join(f"--set {shlex.quote(s)}" for s in sets)
-    return client.submit_job(entrypoint=entry, runtime_env=_job_env())
+    return client.submit_job(entrypoint=entry, runtime_env=_job_env(client.gcs))
 
 
 def _wait(client, job: str, timeout: float = 420) -> str:
