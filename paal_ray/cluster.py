@@ -87,7 +87,9 @@ def quiet_local_workers() -> None:
     driver, so that a run shows our progress lines rather than Ray's internals:
 
     - without a dashboard Ray's state API is absent, and Ray Train's placement-group cleaner warns
-      about it once a second for the whole round (the cleaner still does its job);
+      about it once a second for the whole round; on a machine running several Ray instances it
+      logs a traceback at ERROR instead (it cannot tell which is its own). It only removes the
+      placement groups of a controller that died; its failures are not the run's;
     - Ray Train logs every ``report`` (one per epoch) at INFO under a logger named by file path,
       outside the ``ray.train`` hierarchy that ``LoggingConfig`` filters;
     - Ray Data logs each execution and each Parquet read estimate at INFO, and says once per
@@ -98,7 +100,7 @@ def quiet_local_workers() -> None:
 
     ray_dir = os.path.dirname(ray.__file__)
     for name, level in (
-        ("ray.train.v2._internal.execution.controller.placement_group_cleaner", logging.ERROR),
+        ("ray.train.v2._internal.execution.controller.placement_group_cleaner", logging.CRITICAL),
         (os.path.join(ray_dir, "train", "v2", "_internal", "execution", "context.py"), logging.WARNING),
         ("ray.data", logging.WARNING),
         ("ray.data._internal.progress", logging.ERROR),
