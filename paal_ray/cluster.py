@@ -49,6 +49,7 @@ def connect(
             ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
         # Progress bars only on a terminal: in `ray job submit` logs they are thousands of lines.
         configure_data_context(progress_bars=sys.stdout.isatty())
+        quiet_local_workers()  # and this driver's Ray Data and Ray Train INFO lines
         return RaySession(address=address, local=False)
     # A throwaway local cluster needs no token; a user's own setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

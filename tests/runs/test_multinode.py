@@ -226,7 +226,8 @@ def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, 
     # 1. undisturbed
     logs = _wait(client, _submit(client, phantom_pool, tmp_path, "calm"))
     assert "RAY_ADDRESS=" in logs and "(local)" not in logs
-    assert "core_worker.cc" not in logs and "execution finished" not in logs, logs[-4000:]
+    noise = [line for line in logs.splitlines() if "core_worker.cc" in line or "execution finished" in line]
+    assert not noise, "\n".join(noise[:10])  # no Ray internal error lines, no Ray Data chatter
     calm = tmp_path / "calm"
     assert json.loads((calm / "state.json").read_text())["phase"] == "done"
     kmeans = [t for t in _state(list_tasks, address=url, filters=[("name", "=", "paal_kmeans")], detail=True)
