@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import ray
 
-WORKER_SETUP_HOOK = "paal_ray.cluster.quiet_local_workers"
+WORKER_SETUP_HOOK = "paal_ray.cluster.setup_worker"
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,19 @@ def worker_env() -> dict[str, str]:
     """
     return {key: os.environ.get(key, default) for key, default in
             (("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))}
+
+
+def setup_worker() -> None:
+    """The setup hook of every worker process of this job: it knows its own cluster (RAY_ADDRESS,
+    for Ray's internals that look one up, such as Ray Train's placement-group cleaner: on a machine
+    running several Ray instances it died in a thread with "Found multiple active Ray instances"
+    on every round), then is quiet."""
+    if not os.environ.get("RAY_ADDRESS"):
+        try:
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        except Exception:  # not connected yet in this Ray version: leave it to Ray
+            pass
+    quiet_local_workers()
 
 
 def quiet_local_workers() -> None:
