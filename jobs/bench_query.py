@@ -179,14 +179,12 @@ def ray_query(args, pool: Path, ckpt: Path, unlabelled: list[str], labelled: lis
 
 
 def plain_query(args, pool_path: Path, ckpt: Path, unlabelled: list[str], labelled: list[str], out: Path):
-    """The same work with no Ray: pyarrow reads shard by shard, one ScoreComputer, same selection."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """The same work with no Ray: the same reader as the scoring actors (only the row groups that
+    hold the slices to score, only their rows and image columns), one ScoreComputer, same selection."""
     import torch
 
     from paal_ray.config import StrategyConfig
-    from paal_ray.data.pool import Pool
+    from paal_ray.data.pool import Pool, read_rows
     from paal_ray.models import load_model_bundle
     from paal_ray.query.api import QueryRequest
     from paal_ray.query.engine import _write_table
@@ -199,11 +197,9 @@ def plain_query(args, pool_path: Path, ckpt: Path, unlabelled: list[str], labell
         strategy = get(args.strategy)
         pool = Pool.open(pool_path)
         comp = ScoreComputer(load_model_bundle(ckpt), ScoreOptions(needs=strategy.needs, seed=0))
-        wanted = pa.array(sorted(unlabelled))
         ids, parts = [], {k: [] for k in strategy.needs}
-        for f in pool.files:
-            table = pq.read_table(f, columns=IMAGE_COLUMNS)
-            table = table.filter(pc.is_in(table.column("slice_id"), value_set=wanted))
+        for part in pool.locate(unlabelled):
+            table = read_rows([part], IMAGE_COLUMNS)
             for s in range(0, table.num_rows, args.batch_size):
                 batch = table.slice(s, args.batch_size)
                 bids = batch.column("slice_id").to_pylist()
@@ -255,7 +251,8 @@ def run_phase(args) -> dict:
     secs, res, mem = ray_query(args, pool, ckpt, unlabelled, labelled, out)
     return {"n": len(unlabelled), "secs": secs, "selection": res.slice_ids, "driver_before": before,
             "driver_peak": mem.driver_peak, "workers": mem.worker_peak, "timings": res.timings,
-            "stream": res.extra.get("scoring_stream", {}), "backend": res.kmeans_backend}
+            "stream": res.extra.get("scoring_stream", {}), "backend": res.kmeans_backend,
+            "kmeans": res.extra.get("kmeans")}
 
 
 def spawn(args, phase: str, ckpt: Path, limit: int | None, strategy: str | None = None) -> dict:
@@ -329,6 +326,12 @@ def main(argv=None):
           f"   (first batch after {ray_speed['stream'].get('first_batch_s', 0):.1f}s, "
           f"last 90% at {ray_speed['stream'].get('stream_rate', 0):,.1f} slices/s)")
     print(f"{'  clustering / selection':<30}{t['clustering_s']:>10.2f} / {t['selection_s']:.3f}s (kmeans: {ray_speed['backend']})")
+    km = ray_speed.get("kmeans") or {}
+    if km:
+        print(f"  KMeans Ray task: {km.get('seconds', 0):.2f}s in the task ({t['clustering_s']:.2f}s with its start and "
+              f"the features' trip through the object store); on node {km.get('node_ip')} "
+              f"({str(km.get('node_id'))[:12]}), {km.get('device')}, {km.get('threads')} thread(s), "
+              f"{km.get('num_gpus')} GPU(s){'; fallback: ' + km['fallback'] if km.get('fallback') else ''}")
     if plain:
         print(f"{'plain PyTorch loop':<30}{plain['secs']:>10.1f}{speed_n / plain['secs']:>12,.1f}")
         print(f"ratio ray / plain: {plain['secs'] / ray_speed['secs']:.2f} (goal >= 0.80); "

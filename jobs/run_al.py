@@ -30,17 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS)")
     args = p.parse_args(argv)
 
-    from paal_ray.cli.errors import USER_ERRORS
+    from paal_ray.cli.errors import USER_ERRORS, explain, through_ray
     from paal_ray.cli.run_cmds import _user_error_types
     from paal_ray.runs.launch import launch
 
+    known = USER_ERRORS + _user_error_types()
     print(f"paal run job: RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '(local)')}", flush=True)
     try:
         out = launch(args.config, args.overrides or None, resume=args.resume, folds=args.folds,
                      address=args.address, echo=lambda s: print(s, flush=True))
-    except USER_ERRORS + _user_error_types() as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+    except Exception as e:
+        if not through_ray(e) and not isinstance(e, known):
+            raise
+        if through_ray(e):  # the job's log is the only place to look: the traceback first, the cause last
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+            line, user = explain(e, known)
+        else:
+            line, user = str(e), True
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return 2 if user else 1
     status = out.get("status") if isinstance(out, dict) else out.status
     print(f"paal run job: {status}", flush=True)
     return 0

@@ -56,11 +56,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line. A torn last line (crash mid-write) is skipped by read_jsonl."""
+    """Append one JSON line. A torn last line (crash mid-write) is skipped by read_jsonl; the new
+    record starts on a line of its own, so it is not glued to the torn one and lost with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import ray
 
+WORKER_SETUP_HOOK = "paal_ray.cluster.setup_worker"
+
 
 @dataclass(frozen=True)
 class RaySession:
@@ -36,16 +38,25 @@ def connect(
     if ray.is_initialized():
         return RaySession(address=address, local=address is None)
     if address:
-        ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
+        # The same quiet workers as locally, for this job's workers on the cluster (Ray merges this
+        # into a job's runtime env); a job whose runtime env sets any of it keeps its own.
+        try:
+            ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True,
+                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": worker_env()})
+        except ValueError as e:
+            if "merge" not in str(e):
+                raise
+            ray.init(address=address, log_to_driver=not quiet, ignore_reinit_error=True)
         # Progress bars only on a terminal: in `ray job submit` logs they are thousands of lines.
         configure_data_context(progress_bars=sys.stdout.isatty())
+        quiet_local_workers()  # and this driver's Ray Data and Ray Train INFO lines
         return RaySession(address=address, local=False)
     # A throwaway local cluster needs no token; a user's own setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Nothing preempts a local machine: no watcher actor per training round.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    for key, value in worker_env().items():  # the local raylet and its workers inherit these
+        os.environ.setdefault(key, value)
     ray.init(
-        runtime_env={"worker_process_setup_hook": "paal_ray.cluster.quiet_local_workers"},
+        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
         num_cpus=num_cpus or os.cpu_count(),
         object_store_memory=object_store_memory,
         include_dashboard=False,
@@ -58,23 +69,52 @@ def connect(
     return RaySession(address=None, local=True)
 
 
+def worker_env() -> dict[str, str]:
+    """Environment of the workers, each a user's own setting if there is one:
+
+    - Ray Data's own logging config sets its loggers to INFO whenever ``ray.data`` is imported (so
+      after a setup hook): every execution in a worker (a Ray Train worker iterating its shard)
+      printed an "execution finished" line. ``RAY_DATA_LOG_LEVEL`` is what that config obeys.
+    - Ray Train's preemption watcher (an actor per round) is created with its arguments in the
+      object store and restarts allowed, and Ray prints a core_worker.cc error line about that
+      every round. Off: a preempted node then counts as one of ``scaling.max_failures``.
+    """
+    return {key: os.environ.get(key, default) for key, default in
+            (("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))}
+
+
+def setup_worker() -> None:
+    """The setup hook of every worker process of this job: it knows its own cluster (RAY_ADDRESS,
+    for Ray's internals that look one up, such as Ray Train's placement-group cleaner: on a machine
+    running several Ray instances it died in a thread with "Found multiple active Ray instances"
+    on every round), then is quiet."""
+    if not os.environ.get("RAY_ADDRESS"):
+        try:
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        except Exception:  # not connected yet in this Ray version: leave it to Ray
+            pass
+    quiet_local_workers()
+
+
 def quiet_local_workers() -> None:
-    """Runs in every worker process of the embedded local cluster (and in the driver), so that a
-    laptop run shows our progress lines rather than Ray's internals:
+    """Runs in every worker process of this job (embedded local cluster or a real one) and in the
+    driver, so that a run shows our progress lines rather than Ray's internals:
 
     - without a dashboard Ray's state API is absent, and Ray Train's placement-group cleaner warns
-      about it once a second for the whole round (the cleaner still does its job);
+      about it once a second for the whole round; on a machine running several Ray instances it
+      logs a traceback at ERROR instead (it cannot tell which is its own). It only removes the
+      placement groups of a controller that died; its failures are not the run's;
     - Ray Train logs every ``report`` (one per epoch) at INFO under a logger named by file path,
       outside the ``ray.train`` hierarchy that ``LoggingConfig`` filters;
     - Ray Data logs each execution and each Parquet read estimate at INFO, and says once per
-      process that progress bars are off (we turned them off).
+      process that progress bars are off (we turned them off); see also ``worker_env``.
     Warnings and errors still show."""
     import logging
     import warnings
 
     ray_dir = os.path.dirname(ray.__file__)
     for name, level in (
-        ("ray.train.v2._internal.execution.controller.placement_group_cleaner", logging.ERROR),
+        ("ray.train.v2._internal.execution.controller.placement_group_cleaner", logging.CRITICAL),
         (os.path.join(ray_dir, "train", "v2", "_internal", "execution", "context.py"), logging.WARNING),
         ("ray.data", logging.WARNING),
         ("ray.data._internal.progress", logging.ERROR),

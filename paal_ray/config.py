@@ -174,6 +174,10 @@ class ScalingSettings(_Strict):
     score_threads: int | None = Field(
         None, ge=1, description="torch threads per CPU scoring actor; None: Ray's default (its 1 CPU)")
     max_failures: int = Field(2, description="Ray Train worker restarts allowed per round")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources that every Ray Train worker, scoring actor "
+        "and KMeans task asks for, e.g. {worker: 1} to keep the work on nodes started with --resources "
+        "'{\"worker\": 8}' (off a small head)")
 
 
 class RayConfig(_Strict):

@@ -49,3 +49,21 @@ def test_jsonl_skips_a_torn_last_line(tmp_path):
     with open(f, "a") as fh:
         fh.write('{"a": 3')  # killed mid-write
     assert read_jsonl(f) == [{"a": 1}, {"a": 2}]
+
+
+def test_append_after_a_torn_last_line_loses_no_record(tmp_path):
+    f = tmp_path / "m.jsonl"
+    append_jsonl(f, {"a": 1})
+    with open(f, "a") as fh:
+        fh.write('{"a": 2, "tor')  # a process killed mid-write
+    append_jsonl(f, {"a": 3})
+    append_jsonl(f, {"a": 4})
+    assert read_jsonl(f) == [{"a": 1}, {"a": 3}, {"a": 4}]
+    assert f.read_text().count("\n") == 4  # the torn fragment kept on a line of its own
+
+
+def test_append_to_an_empty_file_adds_no_blank_line(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text("")
+    append_jsonl(f, {"a": 1})
+    assert f.read_text() == '{"a": 1}\n'

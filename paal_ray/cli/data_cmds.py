@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
         size: str = typer.Option("none", help="Resize slices to SIZE x SIZE pixels, or 'none' for native."),
         axis: int = typer.Option(2, help="Volume axis to slice along (0, 1 or 2)."),
         skip_bad: bool = typer.Option(False, help="Skip bad volumes (listed in the manifest) instead of failing."),
+        drop_background: bool = typer.Option(False, help="Leave out slices whose image is entirely background "
+                                             "(every pixel at the volume's minimum, no label); counted in the manifest."),
         workers: int | None = typer.Option(None, help="Parallel tasks; default: the cluster's CPUs."),
         window: str | None = typer.Option(None, help="CT window LOW,HIGH in HU; default: dataset.json 'window', "
                                    "the layout's (segthor -800,400), else -1000,1000."),
@@ -94,6 +96,7 @@ def register(app: typer.Typer) -> None:
 
         options = IngestOptions(
             layout=layout, size=_size(size), axis=axis, skip_bad=skip_bad, workers=workers,
+            drop_background=drop_background,
             window=_pair(window, "--window"), percentiles=_pair(percentiles, "--percentiles"),
             class_names=_names(class_names), modalities=_names(modalities),
         )

@@ -18,10 +18,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     extra: tuple[type[BaseException], ...] = (BudgetError, MaskError, SplitError, RunStateError, EvaluationError)
     try:  # the query and training areas' own "bad input" errors
+        from paal_ray.query.engine import QueryError
+        from paal_ray.query.scoring import ScoringError
         from paal_ray.query.strategies.base import StrategyError
         from paal_ray.training.round import RoundSpecError
 
-        extra += (StrategyError, RoundSpecError)
+        extra += (StrategyError, RoundSpecError, QueryError, ScoringError)
     except ImportError:
         pass
     return extra
@@ -85,7 +87,7 @@ def demo(
 ) -> None:
     """Phantoms -> ingest (64 px) -> a PAAL run and a random-selection run from the same initial set
     on the local Ray with the CPU preset -> Dice by round for both. A few minutes on 2 cores."""
-    from paal_ray.runs.demo import run_demo
+    from paal_ray.demo import run_demo
 
     user_errors(*_user_error_types())(run_demo)(workspace, rounds=rounds, seed=seed, echo=typer.echo)
 

@@ -5,11 +5,11 @@ Public API: ``run_query(QueryRequest) -> QueryResult``, ``kmeans``, ``weighted_p
 """
 
 from paal_ray.query.api import QueryRequest, QueryResult
-from paal_ray.query.clustering import KMeansResult, kmeans
+from paal_ray.query.clustering import KMeansResult, kmeans, kmeans_task
 from paal_ray.query.engine import QueryError, run_query
 from paal_ray.query.polling import num_clusters, polling_weights, weighted_polling
 
 __all__ = [
-    "KMeansResult", "QueryError", "QueryRequest", "QueryResult", "kmeans", "num_clusters",
+    "KMeansResult", "QueryError", "QueryRequest", "QueryResult", "kmeans", "kmeans_task", "num_clusters",
     "polling_weights", "run_query", "weighted_polling",
 ]

@@ -5,13 +5,24 @@
 GPU is visible, else PyTorch on a GPU, else scikit-learn on the CPU, and the result records which
 one ran. Every backend uses k-means++ seeding and a pinned ``n_init`` (scikit-learn changed its
 default across versions), so a seed fixes the result on the CPU.
+
+``kmeans_task`` runs the same thing as a Ray task placed where it belongs, not in the driver (which
+on a typical cluster sits on a small CPU head): with GPUs in the cluster a task with one GPU (cuML
+there, else PyTorch on that GPU), without them a CPU task sized to the largest node (scikit-learn
+on all its cores). The features travel through the object store. The result's ``placement`` says
+where it ran, on what, for how long, and why it fell back from the configured backend if it did
+(also logged as a warning: the same seed gives another selection on another backend).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import NamedTuple
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("cuml", "torch", "sklearn")
 
@@ -20,6 +31,9 @@ class KMeansResult(NamedTuple):
     labels: np.ndarray  # [N] int64 cluster ids in [0, k)
     backend: str
     centers: np.ndarray  # [k, D] float32
+    # kmeans_task only: node_id, node_ip, device, num_cpus, num_gpus, threads, seconds, requested,
+    # fallback (None, or why the configured backend could not run there)
+    placement: dict | None = None
 
 
 def cuml_available() -> bool:
@@ -72,6 +86,96 @@ def kmeans(features: np.ndarray, k: int, seed: int, backend: str = "auto", *, n_
     else:
         labels, centers = _kmeans_sklearn(x, k, seed, n_init, max_iter, tol)
     return KMeansResult(np.asarray(labels, dtype=np.int64), name, np.asarray(centers, dtype=np.float32))
+
+
+# -- KMeans as a Ray task ----------------------------------------------------------------------------
+KMEANS_TASK_NAME = "paal_kmeans"
+
+
+def _largest_node_cpus(ray, resources: dict[str, float]) -> int:
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes()
+            if n.get("Alive") and all(n.get("Resources", {}).get(r, 0) >= v for r, v in resources.items())]
+    return max(1, int(max(cpus, default=1)))
+
+
+def kmeans_task(features: np.ndarray, k: int, seed: int, backend: str = "auto", *,
+                resources: dict[str, float] | None = None, **kwargs) -> KMeansResult:
+    """``kmeans`` in a Ray task placed by the cluster's resources (see the module docstring); in
+    process when no Ray is running. ``resources``: custom resources the task asks for too (the
+    nodes meant for the work). Blocks until the result is back."""
+    import ray
+
+    if not ray.is_initialized():
+        return kmeans(features, k, seed, backend, **kwargs)
+    if backend != "auto" and backend not in BACKENDS:  # fail here, not in a remote traceback
+        raise ValueError(f"kmeans backend {backend!r}: expected 'auto' or one of {', '.join(BACKENDS)}")
+    x_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
+    custom = dict(resources or {})
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        resources = {"num_gpus": 1, "num_cpus": 1}
+        threads = None
+    else:
+        node_cpus = _largest_node_cpus(ray, custom)
+        # Sized to a node: it can only be scheduled on a node this big, and uses all its cores.
+        # One CPU is left unreserved so that a sweep's trial actors (a hundredth of a CPU each)
+        # cannot keep it waiting for ever.
+        resources = {"num_gpus": 0, "num_cpus": max(1, node_cpus - 1)}
+        threads = node_cpus
+    task = ray.remote(_kmeans_in_task).options(name=KMEANS_TASK_NAME, max_retries=2, resources=custom or None,
+                                               **resources)
+    res = ray.get(task.remote(x_ref, k, seed, backend, threads, kwargs))
+    if res.placement.get("fallback"):
+        log.warning("kmeans: %s", res.placement["fallback"])
+    return res
+
+
+def _kmeans_in_task(x: np.ndarray, k: int, seed: int, backend: str, threads: int | None,
+                    kwargs: dict) -> KMeansResult:
+    """Runs inside the Ray task: picks the backend this node can run, records where it ran."""
+    import time
+
+    import ray
+
+    ctx = ray.get_runtime_context()
+    gpu = bool(ctx.get_accelerator_ids().get("GPU"))
+    cuda = _cuda_available()
+    fallback = None
+    if gpu and cuda:
+        if backend == "auto":
+            name = "cuml" if cuml_available() else "torch"
+        elif backend == "cuml" and not cuml_available():
+            name, fallback = "torch", ("backend 'cuml' configured but cuML is not importable on the GPU "
+                                       "node: PyTorch on the GPU instead")
+        else:
+            name = backend
+    else:
+        if gpu:
+            fallback = "the task was given a GPU but sees no CUDA device: running on the CPU"
+        if backend == "auto":
+            name = "sklearn"
+        elif backend == "cuml":
+            name, fallback = "sklearn", ("backend 'cuml' configured but the cluster has no usable GPU: "
+                                         "scikit-learn on the CPU instead")
+        else:
+            name = backend
+    device = "cuda" if name in ("cuml", "torch") and gpu and cuda else "cpu"
+    n_threads = threads or 1
+    kwargs = {k: v for k, v in kwargs.items() if k != "device"}
+    t0 = time.perf_counter()
+    if device == "cpu" and threads:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the task's CPUs at most
+        with threadpool_limits(limits=threads):
+            res = kmeans(x, k, seed, name, device=device, **kwargs)
+    else:
+        res = kmeans(x, k, seed, name, device=device, **kwargs)
+    placement = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                 "device": device,
+                 "num_gpus": 1 if gpu else 0, "threads": n_threads, "seconds": round(time.perf_counter() - t0, 4),
+                 "requested": backend, "fallback": fallback}
+    return res._replace(placement=placement)
 
 
 def _kmeans_sklearn(x, k, seed, n_init, max_iter, tol):

@@ -3,7 +3,9 @@
 Timings are split the way the paper's Table 3 counts query time: scoring (the Ray Data pass:
 reading, segmenter and AP inference), clustering (KMeans, wherever the strategy calls it) and
 selection (the rest of the strategy: polling, ranking, k-center, ...); total includes writing the
-table. The table is Parquet, written atomically, with the KMeans backend and the timings in its
+table. KMeans runs as a Ray task placed by the cluster's resources (``clustering.kmeans_task``:
+one GPU when the cluster has GPUs, else a whole CPU node), not in this driver process. The table
+is Parquet, written atomically, with the KMeans backend, where it ran and the timings in its
 schema metadata.
 """
 
@@ -13,11 +15,13 @@ import io
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from paal_ray.query.api import AP_HEALTH_FILE, QueryRequest, QueryResult
+from paal_ray.query.clustering import kmeans_task
 from paal_ray.query.scoring import ScoreOptions, score_pool
 from paal_ray.query.strategies import QueryContext, Selection, Strategy, StrategyError, from_config
 
@@ -74,7 +78,8 @@ def run_query(req: QueryRequest) -> QueryResult:
     scoring_s = time.perf_counter() - t0
 
     ctx = QueryContext(num_classes=num_classes, seed=req.seed, num_candidates=len(candidates),
-                       round_index=req.round_index, label_smoothing=req.label_smoothing, labelled=lab_scores)
+                       round_index=req.round_index, label_smoothing=req.label_smoothing, labelled=lab_scores,
+                       kmeans_fn=partial(kmeans_task, resources=dict(req.scaling.custom_resources)))
     rng = np.random.default_rng(req.seed)
     t1 = time.perf_counter()
     sel = strategy.select(scores, req.budget, rng, ctx) if candidates else Selection(np.zeros(0, np.int64), np.zeros(0))
@@ -88,7 +93,7 @@ def run_query(req: QueryRequest) -> QueryResult:
     if pearson is not None:
         _write_ap_health(req, candidates, scores)
     timings["total_s"] = time.perf_counter() - t_start  # provisional, rewritten below
-    _write_table(req, strategy, sel, chosen, scores, timings, ctx.backend_used)
+    _write_table(req, strategy, sel, chosen, scores, timings, ctx.backend_used, ctx.kmeans_placement)
     timings["total_s"] = time.perf_counter() - t_start
     log.info("query %s: %d of %d slices chosen in %.2fs (scoring %.2fs, clustering %.2fs)", strategy.name,
              len(chosen), len(candidates), timings["total_s"], scoring_s, ctx.clustering_s)
@@ -96,7 +101,8 @@ def run_query(req: QueryRequest) -> QueryResult:
         slice_ids=chosen, table_path=str(req.out_path), timings=timings, kmeans_backend=ctx.backend_used,
         ap_pearson=pearson, ap_pearson_per_class=per_class,
         pseudo_ids=[candidates[i] for i in sel.pseudo_indices],
-        extra={"strategy": strategy.name, "num_candidates": len(candidates), "scoring_stream": stream, **sel.extra},
+        extra={"strategy": strategy.name, "num_candidates": len(candidates), "scoring_stream": stream,
+               **({"kmeans": ctx.kmeans_placement} if ctx.kmeans_placement else {}), **sel.extra},
     )
 
 
@@ -149,7 +155,8 @@ def _write_ap_health(req: QueryRequest, candidates: list[str], scores: dict[str,
 
 
 def _write_table(req: QueryRequest, strategy: Strategy, sel: Selection, chosen: list[str],
-                 scores: dict[str, np.ndarray], timings: dict[str, float], backend: str | None) -> None:
+                 scores: dict[str, np.ndarray], timings: dict[str, float], backend: str | None,
+                 placement: dict | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -168,7 +175,8 @@ def _write_table(req: QueryRequest, strategy: Strategy, sel: Selection, chosen: 
         cols["pred_acc"] = pa.FixedSizeListArray.from_arrays(pa.array(pa_rows.reshape(-1)), k)
     meta = {
         "strategy": strategy.name, "strategy_params": json.dumps(strategy.params, default=str),
-        "kmeans_backend": backend or "", "timings": json.dumps(timings), "seed": str(req.seed),
+        "kmeans_backend": backend or "", "kmeans_placement": json.dumps(placement or {}),
+        "timings": json.dumps(timings), "seed": str(req.seed),
         "round_index": str(req.round_index), "budget": str(req.budget),
     }
     table = pa.table(cols).replace_schema_metadata({k: str(v) for k, v in meta.items()})

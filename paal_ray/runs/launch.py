@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from paal_ray.config import ConfigError, RunConfig, load_config
-from paal_ray.data.pool import Pool
 from paal_ray.runs import cv
 from paal_ray.runs.machine import Outcome, RunMachine, run_root
+from paal_ray.runs.preflight import preflight
 from paal_ray.runs.report import write_learning_curve
 from paal_ray.runs.state import RunPaths
 
@@ -39,7 +39,7 @@ def launch(config: str | None = None, overrides: list[str] | None = None, *, res
     if not config:
         raise ConfigError("give a CONFIG (file or preset) to start a run, or --resume RUN to continue one")
     cfg = load_config(config, overrides)
-    Pool.open(cfg.pool)  # fail on a wrong pool path before starting Ray
+    preflight(cfg)  # everything that would fail later, before Ray starts
     if connect:
         connect_for(cfg, address)
     if folds:

@@ -370,7 +370,9 @@ class RunMachine:
             "labeled_after": len(labelled.all()), "selected": len(chosen), "val_dice": last.get("val_dice"),
             "val_dice_per_class": last.get("val_dice_per_class"), "ap_error": last.get("val_ap_mae"),
             "ap_pearson": query.get("ap_pearson"), "query_s": (query.get("timings") or {}).get("total_s"),
-            "pseudo_labelled": len(query.get("pseudo_ids") or []), "stopped_by": train["stopped_by"],
+            "pseudo_labelled": len(query.get("pseudo_ids") or []),
+            "kmeans_backend": query.get("kmeans_backend"), "kmeans": (query.get("extra") or {}).get("kmeans"),
+            "stopped_by": train["stopped_by"],
         })
         nxt = r + 1
         self.echo(f"[round {r}] done: {trained_on} -> {len(labelled.all())} labelled "

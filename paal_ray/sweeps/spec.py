@@ -198,6 +198,7 @@ def override(key: str, value: Any) -> str:
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every grid combination as a validated run config (absolute paths: trials run elsewhere)."""
     from paal_ray.query import strategies
+    from paal_ray.runs.preflight import preflight
 
     keys = list(spec.grid)
     # A search key must name a config field that takes its distribution's values: checked with one.
@@ -229,6 +230,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
             raise ConfigError(f"sweep {spec.name}, trial {name}: oracle.kind must be 'simulated' "
                               "(a sweep cannot wait for annotators)")
         cfg = cfg.model_copy(update={"pool": str(Path(cfg.pool).absolute())})
+        preflight(cfg, where=f"sweep {spec.name}, trial {name}")  # before Ray starts
         trials.append(Trial(name, values, cfg))
     return trials
 

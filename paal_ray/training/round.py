@@ -58,7 +58,7 @@ def _trainer(spec: RoundSpec):
     # One read of the pool per round (each Ray Data execution has a fixed start-up cost).
     datasets = {"slices": pool.dataset(wanted, columns=DATA_COLUMNS).materialize()}
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {}), **sc.custom_resources}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},

@@ -71,3 +71,33 @@ def test_bad_arguments_are_named():
         kmeans(np.zeros((3, 2)), 0, seed=0)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         kmeans(np.zeros(3), 2, seed=0)
+
+
+def test_kmeans_task_runs_in_a_task_sized_to_a_node_and_gives_the_in_process_result(ray_session):
+    import os
+
+    from paal_ray.query.clustering import kmeans_task
+
+    if ray_session.cluster_resources().get("GPU", 0):
+        pytest.skip("this cluster has a GPU: the task asks for it instead")
+    x, _ = _blobs(n_per=40, seed=6)
+    res = kmeans_task(x, 5, seed=2, n_init=2)
+    p = res.placement
+    assert res.backend == "sklearn" and p["device"] == "cpu" and p["num_gpus"] == 0 and p["fallback"] is None
+    assert p["pid"] != os.getpid() and p["threads"] == 4  # the session's one node has 4 CPUs
+    assert p["node_id"] == ray_session.get_runtime_context().get_node_id()
+    np.testing.assert_array_equal(res.labels, kmeans(x, 5, seed=2, backend="sklearn", n_init=2).labels)
+
+
+def test_kmeans_task_falls_back_from_cuml_with_a_warning(ray_session, caplog):
+    from paal_ray.query.clustering import kmeans_task
+
+    if ray_session.cluster_resources().get("GPU", 0):
+        pytest.skip("this cluster has a GPU")
+    x, _ = _blobs(n_per=20, seed=7)
+    with caplog.at_level("WARNING", logger="paal_ray.query.clustering"):
+        res = kmeans_task(x, 3, seed=0, backend="cuml", n_init=1)
+    assert res.backend == "sklearn" and "no usable GPU" in res.placement["fallback"]
+    assert "backend 'cuml' configured" in caplog.text
+    with pytest.raises(ValueError, match="backend 'faiss'"):
+        kmeans_task(x, 3, seed=0, backend="faiss")

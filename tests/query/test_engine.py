@@ -1,5 +1,8 @@
 """A real query through Ray Data: a briefly trained light checkpoint on the phantom pool."""
 
+import json
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -71,6 +74,9 @@ def test_paal_query_through_ray_data(ray_session, trained, tmp_path):
     assert np.asarray(table.column("pred_acc").to_pylist()).shape == (6, 4)
     meta = table.schema.metadata
     assert meta[b"kmeans_backend"] == b"sklearn" and b"scoring_s" in meta[b"timings"]
+    placement = json.loads(meta[b"kmeans_placement"])  # KMeans ran in a Ray task, not in this driver
+    assert placement["pid"] != os.getpid() and placement["device"] == "cpu" and placement["fallback"] is None
+    assert res.extra["kmeans"] == placement
     # Beside it, predicted and actual Dice of every unlabelled slice (the AP-consistency plot), whose
     # correlation is the logged Pearson r.
     health = pq.read_table(tmp_path / "ap_health.parquet")

@@ -139,6 +139,27 @@ def test_mc_dropout_passes_differ_repeat_for_a_seed_and_ignore_batching(tmp_path
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_deterministic_pass_of_an_mc_dropout_scorer_runs_with_dropout_off(tmp_path):
+    """The MC scorer keeps its dropout module in train mode; with no MC mask set its hook must hand
+    the input through unchanged, or probs and features would be drawn with dropout active."""
+    folder = _bundle(tmp_path, dropout=0.5)
+    needs = frozenset({"probs_mean", "features", "pixel_entropy", "mc_probs"})
+    comp = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=needs, mc_passes=2, seed=1))
+    assert comp.seg.feature_dropout.training
+    t = _table(4)
+    img = fixed_arrays(t, "image", "image_dtype", "image_shape")
+    ids = t.column("slice_id").to_pylist()
+    torch.manual_seed(0)
+    a = comp.score(img, ids)
+    torch.manual_seed(1)  # another global draw: a dropout left on would give other outputs
+    b = comp.score(img, ids)
+    for key in ("probs_mean", "features", "pixel_entropy"):
+        np.testing.assert_array_equal(a[key], b[key])
+    # and it is the eval-mode model's output: the same as a scorer without the MC hook
+    plain = ScoreComputer(load_model_bundle(folder), ScoreOptions(needs=frozenset({"probs_mean"})))
+    np.testing.assert_allclose(plain.score(img, ids)["probs_mean"], a["probs_mean"], atol=1e-6)
+
+
 def test_mc_dropout_refuses_a_model_without_dropout(tmp_path):
     with pytest.raises(ScoringError, match="decoder_dropout > 0"):
         ScoreComputer(load_model_bundle(_bundle(tmp_path)), ScoreOptions(needs=frozenset({"mc_probs"})))

@@ -62,9 +62,12 @@ class QueryContext:
     label_smoothing: float = 0.0  # the segmenter's training target (CEAL's confidence floor)
     labelled: dict[str, np.ndarray] = field(default_factory=dict)  # scores of the labelled slices
     kmeans_backend: str = "auto"
-    kmeans_fn: Callable[..., Any] | None = None  # injectable for tests; default clustering.kmeans
+    # What runs KMeans: the query engine sets clustering.kmeans_task (a Ray task placed on a GPU or
+    # a whole CPU node); default in process (clustering.kmeans), as strategy unit tests want.
+    kmeans_fn: Callable[..., Any] | None = None
     clustering_s: float = 0.0
     backend_used: str | None = None
+    kmeans_placement: dict[str, Any] | None = None  # where the (last) KMeans task ran, if in a task
 
     def kmeans(self, features: np.ndarray, k: int, **kwargs) -> Any:
         from paal_ray.query.clustering import kmeans as default_kmeans
@@ -74,7 +77,46 @@ class QueryContext:
         res = fn(features, k, self.seed, kwargs.pop("backend", self.kmeans_backend), **kwargs)
         self.clustering_s += time.perf_counter() - t0
         self.backend_used = res.backend
+        self.kmeans_placement = getattr(res, "placement", None)
         return res
+
+
+# Parameters that mean the same thing in every strategy that has them: checked when any strategy is
+# built, so a bad value fails at `paal run` start, not after a round of training and scoring.
+PARAM_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_init": (lambda v: v >= 1, "must be >= 1 (KMeans restarts)"),
+    "kmeans_backend": (lambda v: v is None or v in ("auto", "cuml", "torch", "sklearn"),
+                       "must be auto, cuml, torch or sklearn (or null: auto)"),
+    "reduction": (lambda v: v in ("image", "pixel"), "must be 'image' or 'pixel'"),
+    "pre_factor": (lambda v: v >= 1, "must be >= 1"),
+    "pca_dims": (lambda v: v >= 1, "must be >= 1"),
+    "center_chunk": (lambda v: v >= 1, "must be >= 1"),
+    "passes": (lambda v: v >= 2, "must be >= 2 (BALD needs several passes)"),
+    "dropout": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "delta0": (lambda v: v >= 0, "must be >= 0"),
+    "delta_decay": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def check_param(strategy: str, key: str, value: Any, default: Any) -> None:
+    """A value of the default's type (an int where a float is expected is fine), then the rule for
+    its name. A default of None takes any type its rule allows."""
+    where = f"strategy {strategy!r}: param {key}={value!r}"
+    if default is not None:
+        want = type(default)
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, int | float) and not isinstance(value, bool) if want is float else
+              isinstance(value, want) and not isinstance(value, bool))
+        if not ok:
+            raise StrategyError(f"{where}: expected {want.__name__} like the default {default!r}")
+    rule = PARAM_RULES.get(key)
+    if rule is not None:
+        try:
+            good = rule[0](value)
+        except TypeError:
+            good = False
+        if not good:
+            raise StrategyError(f"{where}: {rule[1]}")
 
 
 class Strategy:
@@ -93,6 +135,8 @@ class Strategy:
         if unknown:
             allowed = ", ".join(sorted(self.params_schema)) or "none"
             raise StrategyError(f"strategy {self.name!r}: unknown params {sorted(unknown)} (allowed: {allowed})")
+        for key, value in params.items():
+            check_param(self.name, key, value, self.params_schema[key])
         self.params = {**self.params_schema, **params}
         self.needs: frozenset[str] = frozenset()
         self.needs_labelled: frozenset[str] = frozenset()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from paal_ray.data.pool import Pool
-from paal_ray.runs.demo import dice_table
+from paal_ray.demo import dice_table
 from tests.conftest import make_blob_pool
 
 

@@ -1,102 +1,27 @@
-"""Scoring the unlabelled pool: one streaming Ray Data pass, an actor pool that loads the model once.
+"""The pure-PyTorch part of scoring: the model bundle on batches of images -> score columns.
 
-``score_pool`` finds which Parquet row groups hold the requested slices (``Pool.locate``: the
-slice_id column only), packs them into work units of at least one scoring batch, and streams the
-units (a few hundred bytes each) through ``ScoreActor``s (``ActorPoolStrategy``; one GPU each on GPU
-clusters). Each actor reads its units' rows itself (``read_rows``: only the image columns, decoded
-once, zero-copy slices) and brings back to the driver only the small per-slice score columns the
-strategy asked for (``needs``, see ``strategies.base``): images never travel through the object
-store or to the driver, and the pool is never materialised. Why the actor reads: moving 0.5 MB a
-slice from read tasks through the object store into the actor capped a GPU actor at ~1,500-1,800
-slices/s with no model at all (session 1, H100); reading in the actor moves each image once,
-from the Parquet decoder into pinned memory and over the bus (docs/BENCHMARKS.md).
-
-``ScoreComputer`` is the pure-PyTorch part (decode on the device, segmenter + AP under inference
-mode, bf16 autocast and channels_last on GPU) and is also what the plain-loop benchmark runs, so
-the two measure the same work.
+``ScoreComputer`` decodes on the device, runs the segmenter and AP under inference mode (bf16
+autocast and channels_last on GPU) and is also what the plain-loop benchmark runs, so the two
+measure the same work.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 import warnings
 import zlib
-from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS, RowGroupRows, read_rows
+from paal_ray.query.scoring.errors import COMPILABLE_KEYS, DETERMINISTIC_KEYS, ScoringError
 
 log = logging.getLogger(__name__)
 
-# Scores that come from the deterministic (eval-mode) forward pass.
-_DETERMINISTIC_KEYS = {"probs_mean", "pixel_entropy", "pixel_least_conf", "pixel_margin", "features",
-                       "pred_acc", "lpl_loss", "grad_embedding", "true_dice"}
-# The ones torch.compile can take as one graph (no hooks, labels or extension heads): PAAL's and
-# the uncertainty and clustering baselines'.
-_COMPILABLE_KEYS = {"probs_mean", "pixel_entropy", "pixel_least_conf", "pixel_margin", "features", "pred_acc"}
 
-
-class ScoringError(RuntimeError):
-    """The pool, the checkpoint or the requested scores do not fit together."""
-
-
-# -- Arrow batch -> arrays (zero copy where the layout allows) -------------------------------------
-def _binary_chunk_view(chunk, what: str, sid_hint: str) -> tuple[np.ndarray, np.ndarray]:
-    """The data bytes of a (large_)binary Arrow chunk and its offsets, without copying."""
-    import pyarrow as pa
-
-    if chunk.null_count:
-        raise ScoringError(f"{what}: {chunk.null_count} null values in a batch starting at slice {sid_hint}")
-    bufs = chunk.buffers()
-    off_dtype = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
-    offsets = np.frombuffer(bufs[1], dtype=off_dtype)[chunk.offset : chunk.offset + len(chunk) + 1]
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    return data, offsets
-
-
-def fixed_arrays(table, column: str, dtype_col: str, shape_col: str, as_chunks: bool = False):
-    """[B, *shape] array of a binary tensor column: zero-copy views on the Arrow buffers (all
-    slices of a batch must share dtype and shape). A batch that spans several Arrow chunks is
-    concatenated, or with ``as_chunks`` returned as a list of views so the caller can copy each
-    straight to the device."""
-    import pyarrow.compute as pc
-
-    n = table.num_rows
-    sid0 = table.column("slice_id")[0].as_py() if n else "?"
-    dtypes = pc.unique(table.column(dtype_col)).to_pylist()
-    if len(dtypes) != 1 or dtypes[0] is None:
-        raise ScoringError(f"column {column}: expected one dtype per batch, got {dtypes} (batch at slice {sid0})")
-    dtype = np.dtype(dtypes[0])
-    shape_col_arr = table.column(shape_col).combine_chunks()
-    flat = np.asarray(shape_col_arr.flatten().to_numpy(zero_copy_only=False))
-    ndim = len(shape_col_arr[0].as_py())
-    shapes = flat.reshape(n, ndim)
-    if (shapes != shapes[0]).any():
-        raise ScoringError(f"column {column}: slices of different shapes in one batch (at slice {sid0}); "
-                           "set model.image_size and re-ingest, or score them separately")
-    shape = tuple(int(s) for s in shapes[0])
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    parts = []
-    for chunk in table.column(column).chunks:
-        data, offsets = _binary_chunk_view(chunk, column, sid0)
-        if not (np.diff(offsets) == nbytes).all():
-            raise ScoringError(f"column {column}: byte lengths do not match shape {shape} x {dtype} (batch at slice {sid0})")
-        parts.append(data[offsets[0] : offsets[-1]].view(dtype).reshape((len(chunk), *shape)))
-    if not parts:
-        parts = [np.zeros((0, *shape), dtype)]
-    if as_chunks:
-        return parts
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-# -- the model part ----------------------------------------------------------------------------------
 @dataclass
 class ScoreOptions:
     needs: frozenset[str]
@@ -138,12 +63,12 @@ class ScoreComputer:
             self._install_head_capture()
         self._compiled = None
         if options.compile_batch:
-            if self.needs & _DETERMINISTIC_KEYS <= _COMPILABLE_KEYS:
+            if self.needs & DETERMINISTIC_KEYS <= COMPILABLE_KEYS:
                 self._compiled = torch.compile(self._standard_scores, dynamic=False)
                 self._compile_lock, self._compiled_once = threading.Lock(), False
             else:
                 log.warning("compile_scoring: scores %s are computed eagerly (only %s compile)",
-                            sorted(self.needs - _COMPILABLE_KEYS), sorted(_COMPILABLE_KEYS))
+                            sorted(self.needs - COMPILABLE_KEYS), sorted(COMPILABLE_KEYS))
 
     # ---- extension points wired from the bundle ----
     def _load_lpl(self, bundle):
@@ -172,7 +97,11 @@ class ScoreComputer:
         def hook(module, inputs, output):
             mask = getattr(self._local, "mc_mask", None)
             # Per-slice seeded masks replace the module's own draw: passes differ, a seed repeats them.
-            return None if mask is None else inputs[0] * mask[:, :, None, None].to(inputs[0].dtype)
+            # No mask (the deterministic pass: probs, features, ...): dropout off, the input as is.
+            # Returning None here would keep the train-mode module's own random draw.
+            if mask is None:
+                return inputs[0]
+            return inputs[0] * mask[:, :, None, None].to(inputs[0].dtype)
 
         drop.register_forward_hook(hook)
 
@@ -272,7 +201,7 @@ class ScoreComputer:
         out: dict[str, Any] = {}
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
         with torch.inference_mode(), amp:
-            if needs & _DETERMINISTIC_KEYS:
+            if needs & DETERMINISTIC_KEYS:
                 self._local.mc_mask = None
                 if self._compiled is not None:
                     out.update(self._run_compiled(x))
@@ -365,156 +294,3 @@ class ScoreComputer:
             h_mean = -(pm * torch.log(pm.clamp_min(1e-12))).sum(1)
             out["bald_pixel"] = (h_mean - h_sum / passes).mean(dim=(1, 2))
 
-
-# -- the Ray Data actor ------------------------------------------------------------------------------
-class ScoreActor:
-    """Callable class for ``map_batches``: loads the bundle once; each call gets work units (JSON
-    lists of ``RowGroupRows``), reads their rows and scores them in batches of ``batch_size``."""
-
-    def __init__(self, checkpoint: str, options: ScoreOptions, use_gpu: bool = False, threads: int | None = None,
-                 batch_size: int = 256):
-        import torch
-
-        from paal_ray.models.bundle import load_model_bundle
-
-        self.threads = int(threads) if threads else None
-        self.batch_size = int(batch_size)
-        device = "cuda" if use_gpu else "cpu"
-        if use_gpu and not torch.cuda.is_available():
-            raise ScoringError("scaling.use_gpu is set but this scoring actor sees no GPU")
-        self.computer = ScoreComputer(load_model_bundle(checkpoint), options, device=device)
-        self.with_labels = "true_dice" in options.needs
-        self.columns = IMAGE_COLUMNS + (LABEL_COLUMNS if self.with_labels else [])
-        self._local = threading.local()
-
-    def __call__(self, batch) -> dict[str, np.ndarray]:
-        import torch
-
-        if self.threads and getattr(self._local, "threads", None) != self.threads:
-            # Ray runs actor methods in a thread other than the constructor's, and OpenMP's thread
-            # count is per calling thread: set in __init__ only, the convolutions (oneDNN) ran on
-            # Ray's OMP_NUM_THREADS=1 and scoring was ~20% slower on 2 cores.
-            torch.set_num_threads(self.threads)
-            self._local.threads = self.threads
-        parts = [RowGroupRows.from_json(p) for unit in batch["unit"] for p in json.loads(str(unit))]
-        table = read_rows(parts, self.columns)
-        if self.computer.cuda:
-            stream = getattr(self._local, "stream", None)
-            if stream is None:
-                stream = self._local.stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):  # a thread's own stream: copies overlap the other calls' compute
-                return self._score_table(table)
-        return self._score_table(table)
-
-    def _score_table(self, table) -> dict[str, np.ndarray]:
-        results: list[dict[str, np.ndarray]] = []
-        for start in range(0, table.num_rows, self.batch_size):
-            results.append(self.score_arrow(table.slice(start, self.batch_size)))
-        if not results:
-            return {"slice_id": np.zeros(0, dtype=object)}
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-
-    def score_arrow(self, batch) -> dict[str, np.ndarray]:
-        """One Arrow batch of image (and label) columns -> its score columns and slice ids."""
-        ids = batch.column("slice_id").to_pylist()
-        images = fixed_arrays(batch, "image", "image_dtype", "image_shape", as_chunks=True)
-        labels = fixed_arrays(batch, "label", "label_dtype", "label_shape") if self.with_labels else None
-        scores = self.computer.score(images, ids, labels)
-        scores["slice_id"] = np.asarray(ids, dtype=object)
-        return scores
-
-
-# -- the driver side ---------------------------------------------------------------------------------
-@dataclass
-class ScoreTable:
-    slice_ids: list[str]  # in the order the caller asked for
-    scores: dict[str, np.ndarray]  # each [N, ...], row i belongs to slice_ids[i]
-    # wall_s: the whole pass; first_batch_s: until the first scores arrived (actor start, model
-    # load, first read); stream_rate: slices/s over the pass's last 90% (the pipeline's steady
-    # state: past the start-up and the units that were in flight together when it ended).
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-def work_units(parts: list[RowGroupRows], min_rows: int) -> list[str]:
-    """Consecutive row groups packed into units of at least ``min_rows`` slices (a scoring batch):
-    pools with small row groups (one volume each) still give the GPU full batches."""
-    units, current, rows = [], [], 0
-    for part in parts:
-        current.append(part.to_json())
-        rows += len(part.rows)
-        if rows >= min_rows:
-            units.append(json.dumps(current))
-            current, rows = [], 0
-    if current:
-        units.append(json.dumps(current))
-    return units
-
-
-def score_pool(pool_path: str, slice_ids: Iterable[str], checkpoint: str, options: ScoreOptions, *,
-               scaling, log_every: float = 0.1) -> ScoreTable:
-    """Score the given slices of a pool in one streaming pass; rows come back in the given order."""
-    import ray
-
-    from paal_ray.data.pool import Pool
-
-    ids = list(slice_ids)
-    pos = {s: i for i, s in enumerate(ids)}
-    if len(pos) != len(ids):
-        raise ScoringError("score_pool: duplicate slice ids requested")
-    pool = Pool.open(pool_path)
-    if not ids:
-        return ScoreTable(slice_ids=[], scores={}, stats={"wall_s": 0.0, "first_batch_s": 0.0, "stream_rate": 0.0})
-    batch_size = int(scaling.score_batch_size)
-    units = work_units(pool.locate(ids), batch_size)
-    use_gpu = bool(scaling.use_gpu)
-    if scaling.compile_scoring:
-        options = replace(options, compile_batch=batch_size)
-    ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=max(1, len(units)))
-    ds = ds.map_batches(
-        ScoreActor,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options, "use_gpu": use_gpu,
-                               "threads": None if use_gpu else scaling.score_threads, "batch_size": batch_size},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(
-            size=int(scaling.score_actors),
-            # GPU: several units per actor at once, in threads, each on its own CUDA stream, so
-            # that reading and copying some overlaps the model's work on another.
-            max_concurrent_calls_per_actor=int(scaling.score_calls_per_gpu_actor) if use_gpu else None,
-            enable_true_multi_threading=True if use_gpu else None,
-        ),
-        num_gpus=float(scaling.gpus_per_score_actor) if use_gpu else 0,
-        num_cpus=1,
-    )
-    n = len(ids)
-    t0 = time.perf_counter()
-    t_first, t_tenth, tenth_rows = None, None, 0
-    out: dict[str, np.ndarray] = {}
-    seen = np.zeros(n, dtype=bool)
-    done, next_log = 0, log_every
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None, prefetch_batches=2):
-        rows = np.fromiter((pos[s] for s in batch["slice_id"]), dtype=np.int64, count=len(batch["slice_id"]))
-        for key, val in batch.items():
-            if key == "slice_id":
-                continue
-            if key not in out:
-                out[key] = np.empty((n, *val.shape[1:]), dtype=np.float32)
-            out[key][rows] = val
-        if seen[rows].any():
-            raise ScoringError("score_pool: a slice was scored twice (duplicate slice ids in the pool?)")
-        seen[rows] = True
-        done += len(rows)
-        if t_first is None:
-            t_first = time.perf_counter()
-        if t_tenth is None and done >= 0.1 * n:
-            t_tenth, tenth_rows = time.perf_counter(), done
-        if n and done / n >= next_log:
-            log.info("scored %d / %d slices", done, n)
-            next_log += log_every
-    if not seen.all():  # locate() checked every id; this would be a lost unit
-        missing = [ids[i] for i in np.flatnonzero(~seen)[:5]]
-        raise ScoringError(f"{pool.path}: {int((~seen).sum())} requested slices were not scored, e.g. {missing}")
-    t_end = time.perf_counter()
-    stats = {"wall_s": t_end - t0, "first_batch_s": (t_first or t_end) - t0,
-             "stream_rate": (done - tenth_rows) / (t_end - t_tenth) if t_tenth and t_end > t_tenth else 0.0}
-    return ScoreTable(slice_ids=ids, scores=out, stats=stats)
