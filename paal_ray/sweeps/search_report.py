@@ -130,7 +130,7 @@ def search_png(spec: SweepSpec, trials: list[SearchTrial]) -> bytes:
     import matplotlib.ticker
 
     keys = list(spec.search.space) or ["(none)"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6, 4 * len(keys)), 3.6), squeeze=False)
     combos = sorted({t.combination for t in trials})
     colours = {c: f"C{i % 10}" for i, c in enumerate(combos)}
     best = best_trial(trials)

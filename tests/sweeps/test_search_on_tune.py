@@ -92,7 +92,7 @@ def test_search_with_asha_stops_weak_trials_resumes_and_reports_the_best(ray_ses
 
     # The report names the best finished trial by the metric, lists all four and plots them.
     search_md = (root / "search.md").read_text()
-    rows = [line for line in search_md.splitlines() if line.startswith("| t")]
+    rows = [line for line in search_md.splitlines() if line.startswith("| t0")]
     assert len(rows) == 4 and sum("stopped by ASHA after 1 round(s)" in r for r in rows) == len(stopped)
     best = max(finished, key=lambda n: float(next(r for r in rows if r.startswith(f"| {n} ")).split("|")[3]))
     assert f"**{best}**: train.lr={lrs[best]:.4g}" in search_md
