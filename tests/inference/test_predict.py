@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_phantom_pool
+from pool_builders import make_phantom_pool
 
 
 def train_bundle(pool_path: Path, folder: Path, cfg, *, max_epochs: int = 40, target: float = 0.95) -> float:

@@ -118,7 +118,7 @@ def test_no_test_set_goes_from_final_to_done(blob_pool, tmp_path):
 
 
 def test_separate_test_pool(blob_pool, tmp_path):
-    from conftest import make_blob_pool
+    from pool_builders import make_blob_pool
 
     other = make_blob_pool(tmp_path / "other", cases=2, seed=5)
     said = []

@@ -57,11 +57,11 @@ def test_a_budget_outside_the_table_asks_for_rounds():
         load_config("acdc", ["pool=/p", "budget.max_ratio=0.3"])
 
 
-def test_a_sweep_over_budgets_gets_the_matching_rounds(tmp_path):
+def test_a_sweep_over_budgets_gets_the_matching_rounds(blob_pool, tmp_path):
     from paal_ray.sweeps.spec import expand, load_sweep
 
     f = tmp_path / "s.yaml"
-    f.write_text("name: s\nbase: acdc\nset: [pool=/p, workspace=" + str(tmp_path) + "]\n"
+    f.write_text(f"name: s\nbase: acdc\nset: [pool={blob_pool}, workspace={tmp_path}]\n"
                  "grid: {budget.max_ratio: [0.1, 0.2, 0.5]}\n")
     assert [t.config.budget.rounds for t in expand(load_sweep(f))] == [5, 15, 20]
 
@@ -120,10 +120,10 @@ def test_ceal_pseudo_label_count_is_logged_each_round(blob_pool, tmp_path):
     assert len(services.train.specs[1].pseudo_ids) == 4  # and the next round trains on them
 
 
-def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(tmp_path):
+def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, tmp_path):
     from paal_ray.sweeps.spec import expand, load_sweep
 
-    sets = ["pool=/p", f"workspace={tmp_path}"]
+    sets = [f"pool={blob_pool}", f"workspace={tmp_path}"]  # the sweeps' preflight reads the pool
     trials = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison.yaml", sets))
     assert [(t.values["cv.fold"], t.config.strategy.name) for t in trials[:4]] == [
         (0, "paal"), (0, "paal_ap_only"), (0, "random"), (0, "max_entropy")]

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import yaml
-from conftest import make_blob_pool
 from fakes import fake_services
+from pool_builders import make_blob_pool
 
 from paal_ray.config import ConfigError
 from paal_ray.runs.report import status_text

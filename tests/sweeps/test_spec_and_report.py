@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import make_blob_pool
 from fakes import fake_services
+from pool_builders import make_blob_pool
 
 from paal_ray.config import ConfigError
 from paal_ray.sweeps.report import write_report
@@ -119,7 +119,9 @@ def test_report_groups_replicates_and_writes_table_csv_and_curves(tmp_path, pool
     assert f"| random | 46.9% | {m:.4f} ± {s:.4f} (2) |" in md
     assert f"| paal | 46.9% | {np.mean(finals['paal']):.4f} ± 0.0000 (2) |" in md
     assert "| paal | 0 | 3 |" in md  # Dice by round: round 0 trained on 3 labelled slices
-    assert md.count("| random | ") == 1 + 3  # one final row, rounds 0, 1 and final
+    tables = md.split("## Validation and held-out test Dice")[0]  # the evidence sections follow
+    assert tables.count("| random | ") == 1 + 3  # one final row, rounds 0, 1 and final
+    assert "## Paired differences against random" in md
 
 
 def test_report_on_a_plain_runs_folder_groups_by_strategy(tmp_path, pool):
