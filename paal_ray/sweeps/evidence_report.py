@@ -52,13 +52,11 @@ def final_test_dice(ref: RunRef) -> float | None:
     return recs[-1].get("dice") if recs else None
 
 
-def _ms(xs: list[float], digits: int = 4) -> str:
-    xs = [x for x in xs if x is not None and np.isfinite(x)]
-    if not xs:
-        return "-"
-    a = np.asarray(xs, float)
-    sd = a.std(ddof=1) if len(a) > 1 else 0.0
-    return f"{a.mean():.{digits}f} ± {sd:.{digits}f} ({len(a)})"
+def _ms(xs: list[float | None], digits: int = 4) -> str:
+    """The report's 'mean ± std (n)' cell over the values a run has (None and NaN left out)."""
+    from paal_ray.sweeps.report import _cell
+
+    return _cell([x for x in xs if x is not None and np.isfinite(x)], digits)
 
 
 def _group(refs: list[RunRef]) -> dict[str, list[RunRef]]:

@@ -9,17 +9,14 @@ from fastapi.responses import Response
 
 from paal_ray.runs.catalog import RunCatalog
 from paal_ray.runs.oracle import prediction_names
-from paal_ray.serve.deps import error_responses, get_catalog
-from paal_ray.serve.routers.selections import _MEDIA, ImageFormat
+from paal_ray.serve.deps import get_catalog
+from paal_ray.serve.routers.selections import _MEDIA, ImageFormat, image_responses
 
 router = APIRouter(prefix="/runs/{name}/predictions", tags=["predictions"])
 
 
 @router.get("/{slice_id:path}", response_class=Response,
-            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                                         "application/gzip": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "The predicted mask as PNG (grey levels = class indices) or gzipped NIfTI"},
-                       **error_responses(401, 403, 404, 422, 500, 503)})
+            responses=image_responses("The predicted mask as PNG (grey levels = class indices) or gzipped NIfTI"))
 def get_prediction(name: str, slice_id: str, format: ImageFormat = Query("png"),
                    catalog: RunCatalog = Depends(get_catalog)) -> Response:
     """The model's predicted mask for a selected slice (written when the run exported the round)."""

@@ -15,6 +15,13 @@ router = APIRouter(prefix="/runs/{name}", tags=["selections"])
 
 ImageFormat = Literal["png", "nii.gz"]
 _MEDIA = {"png": "image/png", "nii.gz": "application/gzip"}
+
+
+def image_responses(what: str) -> dict:
+    """OpenAPI responses of a route that answers a slice-shaped file as PNG or gzipped NIfTI."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {200: {"content": {media: binary for media in _MEDIA.values()}, "description": what},
+            **error_responses(401, 403, 404, 422, 500, 503)}
 MAX_PAGE = 1000
 
 
@@ -30,10 +37,7 @@ def get_selection(name: str, round: int | None = Query(None, ge=0, le=10_000, de
 
 
 @router.get("/images/{slice_id:path}", response_class=Response,
-            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                                         "application/gzip": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "The slice as PNG or gzipped NIfTI"},
-                       **error_responses(401, 403, 404, 422, 500, 503)})
+            responses=image_responses("The slice as PNG or gzipped NIfTI"))
 def get_image(name: str, slice_id: str, format: ImageFormat = Query("png"),
               catalog: RunCatalog = Depends(get_catalog)) -> Response:
     """A selected slice to annotate: PNG (first channel) or NIfTI (all channels, H x W x C)."""
