@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from paal_ray.atomic import read_jsonl
@@ -35,14 +36,10 @@ def status_text(root: str | Path) -> str:
         lines.append(f"final      val Dice {_f(state.final_dice)}")
     test_json = paths.root / "test.json"
     if test_json.is_file():
-        import json
-
         from paal_ray.evaluation.report import one_line
 
         lines.append(f"test       {one_line(json.loads(test_json.read_text()))}")
     if paths.stopped.is_file():  # written by a sweep's early-stopping scheduler (sweeps/tuner.py)
-        import json
-
         stop = json.loads(paths.stopped.read_text())
         lines.append(f"stopped    by the sweep's scheduler ({str(stop.get('scheduler', '?')).upper()}) after "
                      f"{stop.get('rounds_done')} round(s): {stop.get('metric')} {_f(stop.get('value'))} below the "

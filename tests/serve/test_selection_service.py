@@ -10,23 +10,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from service_helpers import npy, png
 
 from paal_ray.data.pool import Pool, decode_labels
 from paal_ray.runs.machine import RunMachine
 from paal_ray.runs.oracle import safe_name
 from paal_ray.serve.app import create_app
-
-
-def _png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _npy(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, mask)
-    return buf.getvalue()
 
 
 def test_runs_and_selection_views(workspace):
@@ -75,23 +64,23 @@ def test_mask_upload_is_checked_stored_and_reaches_training(workspace, blob_pool
 
     # Unusable masks: rejected with the slice, the problem, and nothing stored.
     bad = [
-        (chosen[0], "png", _png(np.zeros((16, 16))), 422, "mask shape [16, 16] does not match the slice's shape [32, 32]"),
-        (chosen[0], "npy", _npy(np.full((32, 32), 7)), 422, "class values [7] outside 0..2"),
+        (chosen[0], "png", png(np.zeros((16, 16))), 422, "mask shape [16, 16] does not match the slice's shape [32, 32]"),
+        (chosen[0], "npy", npy(np.full((32, 32), 7)), 422, "class values [7] outside 0..2"),
         (chosen[0], "png", b"not a png", 422, "cannot be read as a .png mask"),
-        (chosen[0], "tif", _png(good), 422, "query format: Input should be"),
+        (chosen[0], "tif", png(good), 422, "query format: Input should be"),
         (chosen[0], "png", b"", 400, "empty body"),
-        ("case999/0000", "png", _png(good), 409, "not in round 0's selection"),
+        ("case999/0000", "png", png(good), 409, "not in round 0's selection"),
     ]
     for sid, fmt, body, status, words in bad:
         r = client.put(f"/runs/human/masks/{sid}?format={fmt}", content=body)
         assert r.status_code == status and words in r.json()["detail"], (fmt, r.status_code, r.text)
     assert not list(inbox.glob("*")), "a rejected upload must store nothing"
-    r = client.put(f"/runs/sim/masks/{chosen[0]}", content=_png(good))
+    r = client.put(f"/runs/sim/masks/{chosen[0]}", content=png(good))
     assert r.status_code == 409 and "oracle.kind=simulated" in r.json()["detail"]
 
     # An earlier file dropped in another format would shadow the upload: it is replaced.
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(inbox / f"{safe_name(chosen[0])}.png")
-    bodies = {"png": _png(good), "npy": _npy(good.astype(np.int64)),
+    bodies = {"png": png(good), "npy": npy(good.astype(np.int64)),
               "nii.gz": gzip.compress(nib.Nifti1Image(good, np.eye(4)).to_bytes())}
     for i, sid in enumerate(chosen):
         fmt = list(bodies)[i % 3]
@@ -109,7 +98,7 @@ def test_mask_upload_is_checked_stored_and_reaches_training(workspace, blob_pool
     assert set(chosen) <= set(spec.train_ids)
     assert (decode_labels(Pool.open(spec.pool_path).read_slices(chosen).to_pydict()) == 2).all()
     # Round 0 is closed: its masks are no longer accepted.
-    r = client.put(f"/runs/human/masks/{chosen[0]}", content=_png(good))
+    r = client.put(f"/runs/human/masks/{chosen[0]}", content=png(good))
     assert r.status_code == 409 and "not in round 1's selection" in r.json()["detail"]
 
 
