@@ -104,6 +104,10 @@ class ScheduleConfig(_Strict):
     final_warmup_epochs: int = Field(2, ge=0, description="warm-up of the final phase's own LR schedule")
     final_init: Literal["continue", "scratch"] = Field(
         "continue", description="continue from the last round's model, or train the final phase from scratch")
+    final_val_every: int = Field(
+        1, ge=1, description="a fixed-length final phase validates every this many epochs and at its last "
+        "(the last epoch is the final model whatever validation says, so the epochs between are curve "
+        "points only; on 2 CPU cores a validation pass costs half a training epoch)")
 
     @model_validator(mode="after")
     def _scratch_needs_epochs(self) -> ScheduleConfig:
@@ -173,6 +177,10 @@ class ScalingSettings(_Strict):
         "slices/s at 4x256x256, after ~20 s of compiling in each actor: for large pools)")
     score_threads: int | None = Field(
         None, ge=1, description="torch threads per CPU scoring actor; None: Ray's default (its 1 CPU)")
+    train_threads: int | None = Field(
+        None, ge=1, description="torch threads per CPU Ray Train worker; None: Ray's default (its "
+        "cpus_per_worker). More threads than reserved CPUs suits a machine where nothing else runs "
+        "while a round trains (one worker on a small machine: the query work waits for training)")
     max_failures: int = Field(2, description="Ray Train worker restarts allowed per round")
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources that every Ray Train worker, scoring actor "

@@ -96,7 +96,9 @@ class RoundEngine:
         self.device, self.rank, self.world, self.seed = device, rank, world, seed
         self.num_classes = model_spec.num_classes
         self.amp = amp_dtype(cfg.train.mixed_precision, device)
-        self.channels_last = device.type == "cuda"
+        # channels_last on every device: cuDNN's fast path on GPU, and oneDNN's on CPU (the acdc-cpu
+        # plain U-Net trains 1.3x and validates 1.7x faster on 2 cores than in NCHW).
+        self.channels_last = True
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank

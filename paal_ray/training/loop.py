@@ -186,6 +186,8 @@ def train_loop_per_worker(config: dict) -> None:
     state["starts"] = [*state.get("starts", []), {"source": source, "global_epoch": int(state["global_epoch"])}]
     ext = extensions.get(spec.extension)
     model_spec = ModelSpec.from_config(cfg.model, spec.in_channels, spec.num_classes)
+    if device.type == "cpu" and cfg.scaling.train_threads:
+        torch.set_num_threads(cfg.scaling.train_threads)  # Ray sets OMP_NUM_THREADS to the worker's CPUs
     engine = RoundEngine(cfg, model_spec, ext, device, rank=rank, world=world, seed=spec.seed)
     if blob is not None:
         engine.load_models(blob["segmenter"], blob["ap"], blob.get("extensions", {}))
@@ -225,10 +227,13 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         tr = engine.train_epoch(data, g)
         if spec.config.train.ap_target == "validation":
             tr["ap_loss"] = engine.train_ap_on_held_out(val, g)
-        va = engine.validate(val)
-        score = va["val_dice"]
         state["global_epoch"] = g + 1
         round_epoch = g + 1 - int(state["round_start_epoch"])
+        # A fixed-length final phase keeps its last epoch whatever validation says: validating the
+        # epochs between (every final_val_every-th) only draws the curve.
+        validate = not fixed_final or round_epoch % sc.final_val_every == 0 or round_epoch >= sc.final_epochs
+        va = engine.validate(val) if validate else {"val_dice": None, "val_dice_per_class": None, "val_ap_mae": None}
+        score = va["val_dice"]
         stopped_by = None
         # A query round ends by its trigger or once the run reaches max_epochs; the final phase
         # has a budget of its own (a fixed length, or early stopping), whatever the rounds used.
@@ -238,17 +243,19 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
             elif state["global_epoch"] >= sc.max_epochs:
                 stopped_by = "max_epochs"
         else:
-            if early.improved(score):
+            if score is not None and early.improved(score):
                 state["best_checkpoint"] = _save_best(run_dir, engine, state, rank, score)
             if fixed_final:
-                early.update(score)  # keeps the best score; a fixed-length phase ignores its patience
+                if score is not None:
+                    early.update(score)  # keeps the best score; a fixed-length phase ignores its patience
                 stopped_by = "final_epochs" if round_epoch >= sc.final_epochs else None
             elif early.update(score):
                 stopped_by = early.name
         cap = sc.max_epochs_per_round if spec.phase == "query" else sc.max_final_epochs
         if stopped_by is None and cap is not None and round_epoch >= cap:
             stopped_by = "max_epochs"
-        state["best_score"] = max(float(state["best_score"]), score)
+        if score is not None:
+            state["best_score"] = max(float(state["best_score"]), score)
         state["triggers"] = {name: t.state_dict() for name, t in triggers.items()}
         state["stopped_by"] = stopped_by
         record = {"round": spec.name, "global_epoch": g + 1, "round_epoch": round_epoch, "lr": tr["lr"],
@@ -259,8 +266,9 @@ def _run_epochs(spec: RoundSpec, engine: RoundEngine, state: dict, data: SliceSe
         state["epochs"] = [*state["epochs"], record]
         if rank == 0:
             ap = "silent" if tr["ap_loss"] is None else f"{tr['ap_loss']:.4f}"
-            say(f"[{spec.name}] epoch {g + 1} (round {round_epoch}) loss {tr['train_loss']:.4f} ap_loss {ap} "
-                  f"val_dice {score:.4f} ap_mae {va['val_ap_mae']:.4f} lr {tr['lr']:.2e} "
+            shown = "not validated" if score is None else f"val_dice {score:.4f} ap_mae {va['val_ap_mae']:.4f}"
+            say(f"[{spec.name}] epoch {g + 1} (round {round_epoch}) loss {tr['train_loss']:.4f} ap_loss {ap} {shown} "
+                  f"lr {tr['lr']:.2e} "
                   f"{tr['train_slices_per_s']:.0f} slices/s" + (f" -> end: {stopped_by}" if stopped_by else ""))
         _report(spec, engine, state, record, rank, run_dir)
         _maybe_inject_fault(spec, rank, round_epoch, run_dir)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,25 +16,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray_ports import free_port, worker_port_args
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head():
     temp = Path(tempfile.mkdtemp(prefix="paalray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    gcs, dash, client, agent_listen, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
-    base = random.randrange(30000, 60000, 200)
+    gcs, dash, client, agent_listen, agent_grpc, runtime_env, metrics = (free_port() for _ in range(7))
     cmd = [str(REPO / ".venv" / "bin" / "ray"), "start", "--head", "--block", f"--temp-dir={temp}",
            f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-           f"--ray-client-server-port={client}", f"--min-worker-port={base}", f"--max-worker-port={base + 199}",
+           f"--ray-client-server-port={client}", *worker_port_args(),
            f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
            f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
            "--num-cpus=4", "--object-store-memory=300000000", "--include-dashboard=true", "--disable-usage-stats"]

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_ports import free_port, worker_port_args
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
 pytestmark = pytest.mark.slow
 WORKER_RESOURCE = "paal_worker"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -50,11 +43,10 @@ class Node:
     """One `ray start --block` process (its own session, so its raylet and workers die with it)."""
 
     def __init__(self, temp: Path, name: str, args: list[str]):
-        base = random.randrange(20000, 60000, 200)
-        ports = [f"--min-worker-port={base}", f"--max-worker-port={base + 199}",
-                 f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-                 f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                 f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+        ports = [*worker_port_args(),
+                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
         self.log_path = temp / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([str(RAY), "start", "--block", "--disable-usage-stats", *ports, *args],
@@ -84,10 +76,10 @@ def _start_head(temp: Path) -> tuple[Node, str]:
     from ray.job_submission import JobSubmissionClient
 
     for attempt in range(5):
-        gcs, dash = _free_port(), _free_port()
+        gcs, dash = free_port(), free_port()
         head = Node(temp, f"head{attempt}", ["--head", f"--temp-dir={temp}", f"--port={gcs}",
                                              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                                             f"--ray-client-server-port={_free_port()}", "--num-cpus=1",
+                                             f"--ray-client-server-port={free_port()}", "--num-cpus=1",
                                              "--object-store-memory=200000000", "--include-dashboard=true"])
         head.gcs = gcs
         url = f"http://127.0.0.1:{dash}"

@@ -136,10 +136,13 @@ def test_final_phase_has_its_own_budget_whatever_the_rounds_used(ray_session, bl
     assert len(f.epochs) >= 3 and f.stopped_by in ("early_stop", "max_epochs"), (len(f.epochs), f.stopped_by)
 
     fixed = _spec(blob_pool, tmp_path, "final-scratch", *sets, "schedule.final_epochs=3", "schedule.final_init=scratch",
-                  "schedule.final_warmup_epochs=1", phase="final", seed=2)
+                  "schedule.final_warmup_epochs=1", "schedule.final_val_every=2", phase="final", seed=2)
     s = train_round(fixed)
     lr0 = fixed.config.train.lr
     assert [e["global_epoch"] for e in s.epochs] == [1, 2, 3] and s.stopped_by == "final_epochs"
+    # validated every 2nd epoch and at the last: the last epoch's Dice is the final model's
+    assert [e["val_dice"] is not None for e in s.epochs] == [False, True, True]
+    assert s.best_score == max(s.epochs[1]["val_dice"], s.epochs[2]["val_dice"])
     assert _state(s.checkpoint)["starts"][0]["source"] == "fresh"
     assert s.epochs[0]["lr"] < lr0 and s.epochs[1]["lr"] > 0.5 * lr0  # its own warm-up, then the cosine
     assert s.epochs[-1]["lr"] < 0.05 * lr0  # annealed to its minimum by the last epoch
