@@ -1,6 +1,6 @@
 """Write docs/results/acdc.md from the ACDC comparison's run folders (issue 11).
 
-    python jobs/acdc_results.py WORKSPACE/acdc-comparison WORKSPACE/acdc-full --out docs/results
+    python jobs/acdc_results.py WORKSPACE/acdc-comparison WORKSPACE/acdc-ablation WORKSPACE/acdc-full --out docs/results
 
 Reads only finished run folders (config.yaml, metrics.jsonl, labelled.json, test.json, the rounds'
 ap_health.parquet) and writes acdc.md, acdc-curves.png and acdc-evidence.png into --out. Every
@@ -28,9 +28,10 @@ ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "ba
 COMMANDS = """\
 ```bash
 paal ingest ../shared/data/acdc --layout acdc --out pools/acdc128 --size 128
-paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # strategies x folds; re-run to resume
+paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # PAAL, random x folds; re-run to resume
+paal sweep jobs/sweeps/acdc-ablation.yaml --set pool=pools/acdc128     # max-entropy, PAAL (AP only) x folds
 paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
-python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-full --out docs/results
+python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-ablation workspace/acdc-full --out docs/results
 ```"""
 
 

@@ -125,8 +125,12 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
 
     sets = [f"pool={blob_pool}", f"workspace={tmp_path}"]  # the sweeps' preflight reads the pool
     trials = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison.yaml", sets))
-    assert [(t.values["cv.fold"], t.config.strategy.name) for t in trials[:4]] == [
-        (0, "paal"), (0, "random"), (0, "max_entropy"), (0, "paal_ap_only")]
+    assert [(t.values["cv.fold"], t.config.strategy.name) for t in trials[:2]] == [(0, "paal"), (0, "random")]
+    ablation = expand(load_sweep(REPO / "jobs/sweeps/acdc-ablation.yaml", sets))
+    assert [(t.values["cv.fold"], t.config.strategy.name) for t in ablation[:2]] == [(0, "max_entropy"), (0, "paal_ap_only")]
+    assert [t.config.model_dump(exclude={"strategy", "name", "workspace"}) for t in ablation] == [
+        t.config.model_dump(exclude={"strategy", "name", "workspace"}) for t in trials]  # the same folds, budget, test set
+    trials += ablation
     assert len(trials) == 12 and {t.config.budget.rounds for t in trials} == {5}
     assert all(t.config.test.holdout_patients == 20 and t.config.seed == 0 for t in trials)
     assert {t.config.schedule.final_init for t in trials} == {"scratch"}
