@@ -91,6 +91,11 @@ class MaskTarget:
     selected: tuple[str, ...]
 
 
+class NotParsed(Exception):
+    """``selection(..., may_parse=False)`` would have had to parse a selection table (~60 ms for
+    5,000 rows): the service's async route asks again from a thread."""
+
+
 class _FileCache:
     """Parsed files keyed by (path, inode, mtime, size): run files are rewritten only by rename
     (a new inode), so an unchanged stat means unchanged content. Folders keep their inode: for
@@ -102,7 +107,7 @@ class _FileCache:
         self._max_age = max_age
         self._lock = threading.Lock()
 
-    def get(self, path: Path, parse):
+    def get(self, path: Path, parse, *, may_parse: bool = True):
         st = path.stat()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         now = time.monotonic()
@@ -110,6 +115,8 @@ class _FileCache:
             hit = self._items.get(path)
         if hit and hit[0] == key and (self._max_age is None or now - hit[1] < self._max_age):
             return hit[2]
+        if not may_parse:
+            raise NotParsed(str(path))
         value = parse(path)
         with self._lock:
             if len(self._items) >= self._size:
@@ -138,6 +145,20 @@ class _Selection:
         self.ids = [row["slice_id"] for row in self.rows]
         self.stems = [safe_name(s) for s in self.ids]
         self.meta = {k.decode(): v.decode() for k, v in (self.table.schema.metadata or {}).items()}
+        self.stem_set = frozenset(self.stems)
+        self._arrived: tuple[frozenset[str], int] | None = None  # (an inbox listing, how many of it are selected)
+
+    def arrived(self, received: frozenset[str]) -> int:
+        """How many selected slices' masks are in ``received`` (one set intersection per inbox listing,
+        not per request: annotators page through a 5,000-slice selection many times a second)."""
+        last = self._arrived
+        if last is None or last[0] is not received:
+            last = self._arrived = (received, len(received & self.stem_set))
+        return last[1]
+
+
+def _folder_names(folder: Path) -> frozenset[str]:
+    return frozenset(os.listdir(folder))
 
 
 class RunCatalog:
@@ -147,6 +168,7 @@ class RunCatalog:
         self._configs = _FileCache()
         self._states = _FileCache(size=1024)
         self._inboxes = _FileCache(max_age=1.0)
+        self._exports = _FileCache(max_age=1.0)  # the annotate folders' listings (pre-annotations)
 
     # -- names and paths --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -229,13 +251,14 @@ class RunCatalog:
 
     # -- selections -----------------------------------------------------------------------------
     def selection(self, name: str, round_index: int | None = None, *, offset: int = 0,
-                  limit: int | None = None) -> dict[str, Any]:
+                  limit: int | None = None, may_parse: bool = True) -> dict[str, Any]:
         """A page of a round's selected slices in rank order (the round being annotated by
-        default), with the strategy's scores and whether each slice's mask has arrived."""
+        default), with the strategy's scores and whether each slice's mask has arrived.
+        ``may_parse=False``: NotParsed instead of parsing a selection table not parsed before."""
         paths = self.paths(name)
         state = self._state(paths)
         r = self._round(paths, state, round_index)
-        sel = self._selection_table(paths, r)
+        sel = self._selection_table(paths, r, may_parse=may_parse)
         total = len(sel.rows)
         stop = total if limit is None else min(total, offset + limit)
         rows = [dict(row) for row in sel.rows[offset:stop]]
@@ -247,7 +270,7 @@ class RunCatalog:
             received = self._received(inbox)
             for row, stem in zip(rows, sel.stems[offset:stop], strict=True):
                 row["mask_received"] = stem in received
-            missing = total - len(received.intersection(sel.stems))
+            missing = total - sel.arrived(received)
         self._add_predictions(paths, r, rows)
         meta = sel.meta
         return {
@@ -289,13 +312,16 @@ class RunCatalog:
                               f"oracle.kind=human whose checkpoint holds a model write them, when they export)")
         return path.read_bytes()
 
-    @staticmethod
-    def _add_predictions(paths: RunPaths, r: int, rows: list[dict[str, Any]]) -> None:
+    def _add_predictions(self, paths: RunPaths, r: int, rows: list[dict[str, Any]]) -> None:
         """Each row: ``has_prediction`` (its pre-annotation is there) and ``pred_dice`` (the AP's
-        predicted Dice per class, background first, where the strategy scored it; else None)."""
-        folder = export_dir(paths, r)
+        predicted Dice per class, background first, where the strategy scored it; else None).
+        One listing of the annotate folder (cached while its mtime stands still), not a stat a row."""
+        try:
+            present = self._exports.get(export_dir(paths, r), _folder_names)
+        except OSError:
+            present = frozenset()
         for row in rows:
-            row["has_prediction"] = (folder / prediction_names(row["slice_id"])["png"]).is_file()
+            row["has_prediction"] = prediction_names(row["slice_id"])["png"] in present
             row["pred_dice"] = row.get("pred_acc")
 
     # -- masks ----------------------------------------------------------------------------------
@@ -382,12 +408,12 @@ class RunCatalog:
             return min(state.round, done[-1])
         return round_index  # a round without a selection is reported when its table is read
 
-    def _selection_table(self, paths: RunPaths, r: int) -> _Selection:
+    def _selection_table(self, paths: RunPaths, r: int, *, may_parse: bool = True) -> _Selection:
         path = paths.selection(r)
         if not path.is_file():
             raise RunNotFound(f"run {paths.root.name!r}: round {r} has no selection")
         try:
-            return self._tables.get(path, _Selection)
+            return self._tables.get(path, _Selection, may_parse=may_parse)
         except (OSError, ValueError) as e:  # pyarrow's errors derive from these
             raise RunDamaged(self.relative(f"run {paths.root.name!r}: {path} cannot be read ({e})")) from e
 

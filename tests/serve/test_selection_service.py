@@ -54,6 +54,19 @@ def test_runs_and_selection_views(workspace):
     with pytest.raises(RunNotFound):  # a run name never leads out of the workspace
         RunCatalog(ws / "human" / "rounds").paths("../../sim")
 
+    # The async route answers a parsed selection on the event loop and parses a new one in a
+    # thread: the catalog says which, and both give the same page.
+    from paal_ray.runs.catalog import NotParsed
+
+    catalog = RunCatalog(ws)
+    with pytest.raises(NotParsed):
+        catalog.selection("human", limit=1000, may_parse=False)
+    first = catalog.selection("human", limit=1000)  # the route's default page
+    import json
+    served = client.get("/runs/human/selection").json()
+    assert catalog.selection("human", limit=1000, may_parse=False) == first
+    assert json.loads(json.dumps(first)) == served
+
 
 def test_mask_upload_is_checked_stored_and_reaches_training(workspace, blob_pool):
     ws, services = workspace
