@@ -1,5 +1,6 @@
 """`paal sweep` for real: two strategies as Ray Tune trials on the phantom pool (real Ray Train
-rounds and queries, CPU preset, tiny budget), the report, and resuming a finished sweep."""
+rounds and queries, CPU preset, tiny budget, one held-out test patient), the report, and resuming a
+finished sweep."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_sweep_runs_each_trial_on_tune_reports_and_resumes(ray_session, phantom_
         "name": "cmp", "base": "cpu",
         "set": [f"pool={phantom_pool}", f"workspace={ws}", "budget.init_ratio=0.05", "budget.max_ratio=0.1",
                 "budget.rounds=1", "schedule.mode=iq", "schedule.max_epochs_per_round=1", "schedule.max_final_epochs=1",
-                "train.samples_per_epoch=16", "train.batch_size=8", "train.augment.enabled=false"],
+                "train.samples_per_epoch=16", "train.batch_size=8", "train.augment.enabled=false",
+                "test.holdout_patients=1"],
         "grid": {"strategy.name": ["paal", "random"]},
     }, sort_keys=False))
     res = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run"])
@@ -36,13 +38,17 @@ def test_sweep_runs_each_trial_on_tune_reports_and_resumes(ray_session, phantom_
     for name in ("name-paal", "name-random"):
         state = RunState.load(RunPaths(root / name))
         assert state.phase == "done" and state.labeled_count == state.budget
+        # The held-out test ran inside the trial: its evaluation task is placed outside the trial's
+        # placement group (inside, it could never be scheduled: the ACDC sweep's first trial failed so).
+        assert json.loads((root / name / "test.json").read_text())["num_slices"] == 16
     # Tune saw every round of each trial: a result row per round and the final training.
     results = [json.loads(line) for p in (root / ".tune" / "trials").glob("*/result.json")
                for line in p.read_text().splitlines()]
     assert len(results) == 4 and sorted(r["final"] for r in results) == [False, False, True, True]
     md = (root / "report.md").read_text()
     assert "| paal | " in md and "| random | " in md and (root / "curves.png").is_file()
-    assert "| paal | 0 | 6 |" in md  # round 0 trained on the 6 initial slices
+    n0 = len(json.loads((root / "name-paal" / "labelled.json").read_text())["initial"])
+    assert f"| paal | 0 | {n0} |" in md  # round 0 trained on the initial slices
     # The random trial adopted round 0 from the PAAL trial (same seed, training and schedule: the
     # sweep sets one schedule for both): trained once.
     assert "adopted" in res.output
