@@ -69,6 +69,23 @@ PROTOCOL = """\
 """
 
 
+PLANNED_REPLICATES = 3  # folds 0, 1, 2 (jobs/sweeps/acdc-*.yaml)
+
+
+def _status(refs: list[RunRef]) -> list[str]:
+    """Says plainly when the comparison is incomplete: fewer finished folds than planned for any
+    method, or a method of the protocol missing."""
+    counts = {s: sum(r.setting == s for r in refs) for s in ORDER if any(r.setting == s for r in refs)}
+    planned = ["paal", "paal_ap_only", "random", "max_entropy", "full"]
+    short = {s: counts.get(s, 0) for s in planned if counts.get(s, 0) < PLANNED_REPLICATES}
+    if not short:
+        return [f"**Status: complete** ({PLANNED_REPLICATES} folds of every method).", ""]
+    have = ", ".join(f"{s} {n}" for s, n in counts.items())
+    return [f"**Status: partial.** Finished runs per method: {have}; the protocol plans {PLANNED_REPLICATES} folds of "
+            f"each of {', '.join(planned)}. The tables below are what has finished, not the comparison: no ordering "
+            "is claimed from fewer than all folds (a std shown as 0.0 with (1) is a single run).", ""]
+
+
 def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict]) -> list[str]:
     def ms(xs, scale=100):
         xs = [x for x in xs if x is not None]
@@ -122,7 +139,7 @@ def main() -> None:
         f"from {len(runs)} run folders ({len(done)} finished; the runs' own commits: {commits}). Versions: "
         + ", ".join(f"{k} {versions[k]}" for k in ("ray", "torch", "segmentation-models-pytorch", "monai")
                     if k in versions) + ".", "",
-        PROTOCOL, "## Commands", "", COMMANDS, "",
+        *_status(done), PROTOCOL, "## Commands", "", COMMANDS, "",
         "## Table 2 layout (mean ± std over replicates, Dice in %)", "",
         *_table2(done, finals, tests), "",
         "![learning curves](acdc-curves.png)", "", "![AP consistency and annotation distribution](acdc-evidence.png)", "",

@@ -155,6 +155,10 @@ class TrainConfig(_Strict):
     label_smoothing: float = 0.1
     samples_per_epoch: int | None = Field(None, description="None: one pass over the labelled set")
     mixed_precision: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    channels_last: bool | None = Field(
+        None, description="train in channels_last memory format; None: on a GPU only (cuDNN's fast path). "
+        "true also on CPU, where oneDNN trains acdc-cpu's plain U-Net 1.3x and validates it 1.7x faster; a "
+        "different memory format sums in a different order, so a seed's training differs slightly")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_batch_size: int = 128
 
