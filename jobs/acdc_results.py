@@ -114,6 +114,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+", type=Path, help="sweep folders (or any folders of run folders)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--observations", type=Path, default=None,
+                    help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
     runs = [r for f in args.folders for r in collect(f)]
     if not runs:
@@ -131,7 +133,7 @@ def main() -> None:
     versions = recorded[0] if recorded else {}
     commits = ", ".join(sorted({str(v.get("commit", "unrecorded"))[:12] for v in recorded})) or "unrecorded"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([r for r in runs if r.points]))
+    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([r for r in runs if r.points and r.done]))
     atomic_write_bytes(args.out / "acdc-evidence.png", evidence_png(done, pool.class_names))
     header = [
         "# ACDC: PAAL against random and uncertainty selection, judged on held-out patients", "",
@@ -146,7 +148,9 @@ def main() -> None:
     ]
     reference = "random" if any(r.setting == "random" for r in done) else None
     body = evidence_markdown(done, pool.class_names, reference)
-    path = atomic_write_text(args.out / "acdc.md", "\n".join(header) + body)
+    notes = ["", "## Observations (written by hand, not generated)", "", args.observations.read_text()] \
+        if args.observations else []
+    path = atomic_write_text(args.out / "acdc.md", "\n".join(header) + body + "\n".join(notes))
     print(f"written: {path}")
 
 
