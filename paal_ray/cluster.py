@@ -69,6 +69,16 @@ def connect(
     return RaySession(address=None, local=True)
 
 
+def own_resources():
+    """The scheduling strategy for a task or actor that asks the cluster for its own resources, out
+    of any placement group the caller runs in. A sweep trial's driver runs in a placement group that
+    reserves only its own share ({CPU: 0.01}); a task started from it inherits that group by default
+    and, asking for a worker's CPUs, could never be placed (KMeans and the held-out test both hung so)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=None)
+
+
 def worker_env() -> dict[str, str]:
     """Environment of the workers, each a user's own setting if there is one:
 

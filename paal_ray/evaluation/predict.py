@@ -181,11 +181,9 @@ def _task(req: dict) -> dict[str, Any]:
 def evaluate_on_ray(req: EvalRequest) -> dict[str, Any]:
     """Run ``evaluate_checkpoint`` as one Ray task with the resources of a training worker."""
     import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    # Not in the caller's placement group: a sweep trial's driver reserves only its own small share
-    # there, and a task asking for a worker's CPUs inside it could never be placed.
+    from paal_ray.cluster import own_resources
+
     task = ray.remote(_task).options(num_cpus=max(1, int(req.cpus)), num_gpus=1 if req.use_gpu else 0,
-                                     max_retries=0,
-                                     scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+                                     max_retries=0, scheduling_strategy=own_resources())
     return ray.get(task.remote(asdict(req)))

@@ -121,13 +121,11 @@ def kmeans_task(features: np.ndarray, k: int, seed: int, backend: str = "auto", 
         # cannot keep it waiting for ever.
         resources = {"num_gpus": 0, "num_cpus": max(1, node_cpus - 1)}
         threads = node_cpus
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from paal_ray.cluster import own_resources
 
-    # Out of any placement group the caller runs in (a sweep's trial reserves only its driver's
-    # share): the task asks the cluster for its own resources.
     task = ray.remote(_kmeans_in_task).options(
-        name=KMEANS_TASK_NAME, max_retries=2, resources=custom or None,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None), **resources)
+        name=KMEANS_TASK_NAME, max_retries=2, resources=custom or None, scheduling_strategy=own_resources(),
+        **resources)
     res = ray.get(task.remote(x_ref, k, seed, backend, threads, kwargs))
     if res.placement.get("fallback"):
         log.warning("kmeans: %s", res.placement["fallback"])
