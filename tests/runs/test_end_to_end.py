@@ -1,6 +1,7 @@
 """`paal run` end to end on phantoms with the real Ray Train rounds and query engine (CPU preset,
-tiny budget): state, selections, labelled counts and metrics; SIGKILL of the driver in training
-and between selection and label ingest, then resume; the human-oracle path."""
+tiny budget, two held-out test patients): state, selections, labelled counts and metrics; the final
+model judged on the held-out patients (test.json, `paal evaluate` agrees); SIGKILL of the driver in
+training and between selection and label ingest, then resume; the human-oracle path."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from paal_ray.atomic import read_jsonl
 from paal_ray.cli.main import app
+from paal_ray.evaluation.report import table
 from paal_ray.runs.oracle import safe_name
 from paal_ray.runs.state import Labelled, RunPaths, RunState
 
@@ -26,9 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def tiny(pool: Path, workspace: Path, name: str = "run", strategy: str = "paal") -> list[str]:
-    """10 phantom patients, fold 0: 128 training slices; init 6, two rounds of 6; 2 epochs a round and 2 final."""
+def tiny(pool: Path, workspace: Path, name: str = "run", strategy: str = "paal", holdout: int = 2) -> list[str]:
+    """10 phantom patients, 2 held out for the test; fold 0 of the 8 left validates on 2: 96 training
+    slices; init 4, two rounds of 5; 2 epochs a round and 2 final. (No hold-out: 128, init 6, rounds of 6.)"""
     sets = [f"pool={pool}", f"workspace={workspace}", f"name={name}", f"strategy.name={strategy}",
+            f"test.holdout_patients={holdout}",
             "budget.init_ratio=0.05", "budget.max_ratio=0.15", "budget.rounds=2",
             "schedule.max_epochs_per_round=2", "schedule.max_final_epochs=2", "train.samples_per_epoch=32",
             "train.batch_size=16", "train.augment.enabled=false", "ray.num_cpus=4"]
@@ -44,33 +48,65 @@ def finished_run(ray_session, phantom_pool, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("e2e")
     res = CliRunner().invoke(app, ["run", "cpu", *tiny(phantom_pool, ws)])
     assert res.exit_code == 0, res.output
+    assert "[test] Dice" in res.output
     return ws / "run"
 
 
 def test_two_round_run_state_selections_metrics(finished_run):
     root = finished_run
     state = RunState.load(RunPaths(root))
-    assert (state.phase, state.round, state.n_train, state.per_round) == ("done", 2, 128, 6)
-    assert state.labeled_count == state.budget == 18 and 0 <= state.final_dice <= 1
+    assert (state.phase, state.round, state.n_train, state.per_round) == ("done", 2, 96, 5)
+    assert state.labeled_count == state.budget == 14 and 0 <= state.final_dice <= 1
     lab = json.loads((root / "labelled.json").read_text())
-    assert len(lab["initial"]) == 6
+    assert len(lab["initial"]) == 4
     for r in (0, 1):
         sel = pq.read_table(root / "rounds" / f"{r:03d}" / "selection.parquet").column("slice_id").to_pylist()
-        assert sel[:6] == lab["rounds"][f"{r:03d}"] and len(set(sel[:6])) == 6
+        assert sel[:5] == lab["rounds"][f"{r:03d}"] and len(set(sel[:5])) == 5
     assert lab["labelled"] == lab["initial"] + lab["rounds"]["000"] + lab["rounds"]["001"]
-    assert len(set(lab["labelled"])) == 18
+    assert len(set(lab["labelled"])) == 14
     metrics = read_jsonl(root / "metrics.jsonl")
     rounds = [m for m in metrics if m["kind"] == "round"]
-    assert [(m["round"], m["labeled_count"], m["labeled_after"]) for m in rounds] == [(0, 6, 12), (1, 12, 18)]
+    assert [(m["round"], m["labeled_count"], m["labeled_after"]) for m in rounds] == [(0, 4, 9), (1, 9, 14)]
     for m in rounds:
         assert len(m["val_dice_per_class"]) == 4 and m["query_s"] > 0 and m["ap_error"] is not None
         assert m["ap_pearson"] is None or -1 <= m["ap_pearson"] <= 1
     epochs = [m for m in metrics if m["kind"] == "epoch"]
     assert [e["round"] for e in epochs] == [0, 0, 1, 1, 2, 2]
     assert [e["epoch"] for e in epochs] == sorted({e["epoch"] for e in epochs})
-    assert [m["labeled_count"] for m in metrics if m["kind"] == "final"] == [18]
+    assert [m["labeled_count"] for m in metrics if m["kind"] == "final"] == [14]
     res = CliRunner().invoke(app, ["status", str(root)])
-    assert res.exit_code == 0 and "labelled   18 / 18" in res.output and "final" in res.output
+    assert res.exit_code == 0 and "labelled   14 / 14" in res.output and "final" in res.output
+
+
+def test_held_out_patients_judge_the_final_model(finished_run):
+    """The 2 held-out patients never enter training, validation or selection; the final model is
+    judged on them into RUN/test.json (by the evaluation task), and `paal evaluate RUN` agrees."""
+    root = finished_run
+    split = json.loads((root / "split.json").read_text())
+    test = json.loads((root / "test.json").read_text())
+    assert len(test["patients"]) == 2 and test["patients"] == split["test"]["patients"]
+    assert test["num_slices"] == 32 and test["num_volumes"] == 2 and test["image_size"] == [64, 64]
+    assert not {s.split("/")[0] for s in split["train_ids"] + split["val_ids"]} & set(split["test"]["slice_ids"])
+    assert not set(labelled(root)) & set(split["test"]["slice_ids"])
+    assert 0 <= test["dice"] <= 1 and len(test["dice_per_class"]) == 4
+    assert sorted(test["classes"]) == sorted(test["class_names"][1:]) and len(test["classes"]) == 3
+    metrics = read_jsonl(root / "metrics.jsonl")
+    final = [m for m in metrics if m["kind"] == "final"][-1]
+    assert test["checkpoint"] == final["checkpoint"]
+    rec = [m for m in metrics if m["kind"] == "test"]
+    assert len(rec) == 1 and rec[0]["dice"] == test["dice"]
+    res = CliRunner().invoke(app, ["status", str(root)])
+    assert res.exit_code == 0 and f"test       Dice {test['dice']:.4f}" in res.output
+    # test.json lists classes alphabetically (sorted keys); the table keeps the pool's order.
+    rows = [line.split()[0] for line in table(test).splitlines() if line.split()[:1] and line.split()[0] in test["classes"]]
+    assert rows == test["class_names"][1:]
+    # The same model on the same test set from the CLI: the same figures.
+    res = CliRunner().invoke(app, ["evaluate", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout[res.stdout.index("{"):])
+    assert again["dice_per_class"] == pytest.approx(test["dice_per_class"])
+    assert again["volume_dice"] == pytest.approx(test["volume_dice"])
+    assert again["hd95"]["n"] == test["hd95"]["n"]
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen, what: str) -> None:
@@ -84,7 +120,7 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen, what: str) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """The driver was SIGKILLed; also end what it started (its own local Ray), by our group id."""
+    """The driver was SIGKILLed; also end anything else it started, by our group id."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -92,7 +128,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def test_sigkill_in_training_and_before_label_ingest_then_resume(finished_run, ray_session, phantom_pool, tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The drivers attach to the test session's Ray (as `paal run` does to a cluster): starting a
+    # local Ray in each would cost more than the rest of the test. Ray ends a dead driver's actors.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     root = tmp_path / "run"
     # 1. `paal run` killed by SIGKILL while round 0 trains (its first epoch checkpoint is on disk).
     proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "paal"), "run", "cpu", *tiny(phantom_pool, tmp_path)],
@@ -123,7 +161,7 @@ def test_sigkill_in_training_and_before_label_ingest_then_resume(finished_run, r
         _kill_group(proc)
     assert proc.returncode == -signal.SIGKILL, out
     state = RunState.load(RunPaths(root))
-    assert state.phase == "ingest" and len(labelled(root)) == 12
+    assert state.phase == "ingest" and len(labelled(root)) == 9
     # 3. Resume to the end (here, on the test session's Ray): the same run as the uninterrupted one.
     res = CliRunner().invoke(app, ["run", "--resume", str(root)])
     assert res.exit_code == 0, res.output
@@ -137,7 +175,7 @@ def test_human_oracle_export_reject_accept_continue(ray_session, phantom_pool, t
     from PIL import Image
 
     runner = CliRunner()
-    args = tiny(phantom_pool, tmp_path, strategy="random") + ["--set", "oracle.kind=human", "--set", "budget.rounds=1",
+    args = tiny(phantom_pool, tmp_path, strategy="random", holdout=0) + ["--set", "oracle.kind=human", "--set", "budget.rounds=1",
                                                            "--set", "budget.max_ratio=0.1"]
     res = runner.invoke(app, ["run", "cpu", *args])
     root = tmp_path / "run"
