@@ -4,10 +4,13 @@ Single ports come from the OS (the ephemeral range, 32768-60999 on Linux). A nod
 a block of 200 that must not meet any of them: CI once failed because a random block overlapped the
 GCS port the OS had just handed out. Blocks are therefore taken below the ephemeral range and above
 Ray's default worker range (10002-19999, used by the test session's own cluster), never twice in one
-process, and only when every port in the block is free."""
+process, and only when every port in the block is free. Under pytest-xdist each test process takes
+blocks from its own share (gw0 the 1st, 3rd, ... block of two processes), so two processes never
+pick the same free block at the same moment."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -39,9 +42,18 @@ def _block_is_free(base: int) -> bool:
     return True
 
 
+def _xdist_share() -> tuple[int, int]:
+    """This test process's index among pytest-xdist's workers, and their count ((0, 1) without xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(worker[2:]) % count if worker.startswith("gw") and worker[2:].isdigit() else 0), count
+
+
 def worker_port_args() -> list[str]:
     """`--min-worker-port` / `--max-worker-port` for one node: a free block outside the ephemeral range."""
-    bases = [b for b in range(20000, _ephemeral_start() - BLOCK + 1, BLOCK) if b not in _taken]
+    share, shares = _xdist_share()
+    bases = [b for i, b in enumerate(range(20000, _ephemeral_start() - BLOCK + 1, BLOCK))
+             if i % shares == share and b not in _taken]
     random.shuffle(bases)
     for base in bases:
         if _block_is_free(base):

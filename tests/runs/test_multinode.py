@@ -1,9 +1,11 @@
 """A real two-node Ray cluster on one machine: a head (1 CPU) and a worker node (3 CPUs and a custom
 resource ``paal_worker``), each `ray start --block` in its own process group with its own ports
 (the head its own --temp-dir), stopped by PID, never `ray stop`. Phantoms are ingested by one job, then a
-small PAAL run on them is submitted as another with ``scaling.custom_resources={paal_worker: 1}``: Ray Train workers, scoring
-actors and the KMeans task must run on the worker node (checked with Ray's state API), and the job
-prints no Ray internal error lines. Then the same run again, the worker node killed (SIGKILL to its
+small PAAL run on them is submitted as another with ``scaling.custom_resources={paal_worker: 1}``, the
+way the README deploys (deploy/runtime_env.yaml, the repository shipped as the job's working_dir):
+Ray Train workers, scoring actors and the KMeans task must run on the worker node (checked with
+Ray's state API), the job attaches to the head (not a local Ray), and it prints no Ray internal
+error lines. Then the same run again, the worker node killed (SIGKILL to its
 whole process group) in the middle of round 0's training and a fresh worker node started: the run
 finishes with the same labelled set as the undisturbed one (training is seeded per epoch and resumes
 from the round's last epoch checkpoint, so nothing differs)."""
@@ -177,7 +179,18 @@ def _phantom_pool(client, tmp_path: Path) -> Path:
     return pool
 
 
-def _submit(client, pool: Path, workspace: Path, name: str) -> str:
+def _deploy_env(gcs: int) -> dict:
+    """deploy/runtime_env.yaml as the README uses it: the repository shipped as the working_dir."""
+    import yaml
+
+    env = yaml.safe_load((REPO / "deploy" / "runtime_env.yaml").read_text())
+    env["working_dir"] = str(REPO)
+    env["excludes"] = env["excludes"] + ["tests/", "docs/"]
+    env["env_vars"].update(RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{gcs}")
+    return env
+
+
+def _submit(client, pool: Path, workspace: Path, name: str, *, deploy: bool = False) -> str:
     sets = [f"pool={pool}", f"workspace={workspace}", f"name={name}", "strategy.name=paal", "seed=3",
             "budget.init_ratio=0.1", "budget.max_ratio=0.2", "budget.rounds=1", "reuse_round0=false",
             "schedule.max_epochs_per_round=4", "schedule.max_final_epochs=1", "schedule.mode=fixed",
@@ -185,8 +198,10 @@ def _submit(client, pool: Path, workspace: Path, name: str) -> str:
             "train.augment.enabled=false", "scaling.score_batch_size=32", "scaling.score_threads=1",
             "model.image_size=32",
             f"scaling.custom_resources={{{WORKER_RESOURCE}: 1}}"]
-    entry = f"{sys.executable} {REPO / 'jobs' / 'run_al.py'} --config cpu " + " ".join(f"--set {shlex.quote(s)}" for s in sets)
-    return client.submit_job(entrypoint=entry, runtime_env=_job_env(client.gcs))
+    # Shipped as the working_dir, the job runs the copy Ray unpacked (a relative entrypoint).
+    script = "jobs/run_al.py" if deploy else str(REPO / "jobs" / "run_al.py")
+    entry = f"{sys.executable} {script} --config cpu " + " ".join(f"--set {shlex.quote(s)}" for s in sets)
+    return client.submit_job(entrypoint=entry, runtime_env=_deploy_env(client.gcs) if deploy else _job_env(client.gcs))
 
 
 def _wait(client, job: str, timeout: float = 420) -> str:
@@ -215,8 +230,8 @@ def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, 
     workers = _worker_node_ids(url)
     phantom_pool = _phantom_pool(client, tmp_path)
 
-    # 1. undisturbed
-    logs = _wait(client, _submit(client, phantom_pool, tmp_path, "calm"))
+    # 1. undisturbed, deployed as the README says
+    logs = _wait(client, _submit(client, phantom_pool, tmp_path, "calm", deploy=True))
     assert "RAY_ADDRESS=" in logs and "(local)" not in logs
     noise = [line for line in logs.splitlines() if "core_worker.cc" in line or "execution finished" in line]
     assert not noise, "\n".join(noise[:10])  # no Ray internal error lines, no Ray Data chatter
