@@ -110,10 +110,73 @@ def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict
     return lines
 
 
+def _final_noise(paths: list[Path], refs: list[RunRef]) -> list[str]:
+    """The final phase of each run retrained from several seeds (jobs/final_noise.py): how much of a
+    run's final Dice is its labelled set and how much one training's luck, and the comparison on the
+    mean over seeds. One table per variant (the settings it changed)."""
+    recs = [json.loads(line) for p in paths if p.is_file() for line in p.read_text().splitlines() if line.strip()]
+    if not recs:
+        return []
+    setting = {str(r.root): (r.setting, r.replicate) for r in refs}
+    out = ["## Final phase retrained from several seeds", "",
+           "Each finished run's final phase trained again in one process (`python jobs/final_noise.py RUN --seeds ...`): "
+           "the run's labelled set, validation and test slices, schedule and model, fresh weights from seed k "
+           "(k = 0 with the run's own settings reproduces its final model). Last epoch's Dice. *RV lost*: seeds whose final model "
+           "segments no right ventricle on the validation patients (RV Dice < 0.05).", ""]
+    for variant in sorted({tuple(r["set"]) for r in recs}):
+        rows = [r for r in recs if tuple(r["set"]) == variant and r["run"] in setting]
+        if not rows:
+            continue
+        label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
+        out += [f"**Variant: {label}** (epochs: {sorted({r['epochs'] for r in rows})})", "",
+                "| run | replicate | seeds | validation Dice | test Dice | RV lost |", "| --- | --- | --- | --- | --- | --- |"]
+        per_run: dict[str, dict] = {}
+        for run in sorted({r["run"] for r in rows}, key=lambda x: (setting[x][1], setting[x][0])):
+            rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["seed"])
+            val = np.array([r["val_dice"] for r in rs])
+            test = np.array([r.get("test_dice", np.nan) for r in rs])
+            lost = sum(r["val_per_class"][1] < 0.05 for r in rs)
+            per_run[run] = {"val": float(val.mean()), "test": float(test.mean()), "seeds": len(rs)}
+            test_cell = (f"{test.mean():.4f}{_sd(test)} ({', '.join(f'{v:.3f}' for v in test)})"
+                         if np.isfinite(test).all() else "-")  # runs without a test set
+            out.append(f"| {setting[run][0]} | {setting[run][1]} | {', '.join(str(r['seed']) for r in rs)} | "
+                       f"{val.mean():.4f}{_sd(val)} ({', '.join(f'{v:.3f}' for v in val)}) | {test_cell} | "
+                       f"{lost} of {len(rs)} |")
+        out += ["", *_paired_on_means(per_run, setting), ""]
+    return out
+
+
+def _sd(a: np.ndarray) -> str:
+    return f" ± {a.std(ddof=1):.4f}" if len(a) > 1 else ""
+
+
+def _paired_on_means(per_run: dict[str, dict], setting: dict[str, tuple]) -> list[str]:
+    """Each method minus random on the same replicate, on the runs' means over seeds (only runs with
+    the same number of seeds as their random partner)."""
+    by = {setting[run]: v for run, v in per_run.items()}
+    lines = []
+    for method in sorted({m for m, _ in by if m != "random"}, key=lambda m: ORDER.index(m) if m in ORDER else 99):
+        pairs = [(rep, by[(method, rep)], by[("random", rep)]) for m, rep in sorted(by, key=str) if m == method
+                 and ("random", rep) in by and by[("random", rep)]["seeds"] == by[(method, rep)]["seeds"]]
+        if not pairs:
+            continue
+        for key in ("test", "val"):
+            d = np.array([a[key] - b[key] for _, a, b in pairs])
+            if not np.isfinite(d).all():
+                continue
+            lines.append(f"- {method} minus random, {'test' if key == 'test' else 'validation'} Dice on the mean over "
+                         f"seeds: {', '.join(f'{rep}: {x:+.4f}' for (rep, _, _), x in zip(pairs, d, strict=True))}; "
+                         f"mean {d.mean():+.4f}{_sd(d)}, {int((d > 0).sum())} of {len(d)} won")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+", type=Path, help="sweep folders (or any folders of run folders)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--final-noise", type=Path, action="append", default=[],
+                    help="JSON lines written by jobs/final_noise.py --out (repeatable): a section on the final phase "
+                         "retrained from several seeds")
     ap.add_argument("--observations", type=Path, default=None,
                     help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
@@ -148,6 +211,9 @@ def main() -> None:
     ]
     reference = "random" if any(r.setting == "random" for r in done) else None
     body = evidence_markdown(done, pool.class_names, reference)
+    noise = _final_noise(args.final_noise, done)
+    if noise:
+        body += "\n" + "\n".join(noise)
     notes = ["", "## Observations (written by hand, not generated)", "", args.observations.read_text()] \
         if args.observations else []
     path = atomic_write_text(args.out / "acdc.md", "\n".join(header) + body + "\n".join(notes))

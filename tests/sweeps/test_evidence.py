@@ -119,3 +119,50 @@ def test_paal_report_and_the_acdc_page_carry_the_evidence(blob_pool, tmp_path):
     assert "| full | 32 | 84.0 ± 0.0 (1) |" in page  # the fakes: Dice 0.2 + 0.02 x labelled
     assert "| paal | 15 |" in page and "70.0 ± 0.0 (1) | 60.0 ± 0.0 (1) | 3.0 ± 0.0 (1) |" in page
     assert (tmp_path / "docs" / "acdc-curves.png").is_file() and (tmp_path / "docs" / "acdc-evidence.png").is_file()
+
+
+def test_final_noise_retrains_the_final_phase_reproducibly_and_the_page_pairs_the_means(blob_pool, tmp_path):
+    """jobs/final_noise.py retrains a finished run's final phase from its labelled set, per seed (the
+    same seed twice: the same Dice), skips what its --out already holds, and jobs/acdc_results.py
+    --final-noise tabulates the seeds per run and pairs each method with random on the mean."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    runs = tmp_path / "runs"
+    for name in ("paal", "random"):
+        cfg = small_cfg(blob_pool, runs, name=name, reuse_round0="false", **{"strategy.name": name})
+        RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+
+    def noise(out: Path, seeds: str, *run_names: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(repo / "jobs/final_noise.py"), *(str(runs / n) for n in run_names), "--seeds", seeds,
+               "--epochs", "1", "--set", "schedule.final_epochs=2", "--set", "model.image_size=32", "--out", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    out = tmp_path / "noise.jsonl"
+    noise(out, "0,1", "paal", "random")
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(r["run"]).name, r["seed"]) for r in recs] == [("paal", 0), ("paal", 1), ("random", 0), ("random", 1)]
+    assert all(0 <= r["val_dice"] <= 1 and len(r["val_per_class"]) == 3 and r["labelled"] == 15 for r in recs)
+    again = noise(tmp_path / "again.jsonl", "0", "paal")
+    assert json.loads((tmp_path / "again.jsonl").read_text())["val_dice"] == recs[0]["val_dice"]  # same seed, same model
+    assert "paal seed 0" in again.stdout
+    res = noise(out, "0,1", "paal", "random")  # all done: nothing retrained, nothing appended
+    assert res.stdout == "" and len(out.read_text().splitlines()) == 4
+
+    page = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "docs"),
+                           "--final-noise", str(out)], capture_output=True, text=True, cwd=repo)
+    assert page.returncode == 0, page.stderr
+    md = (tmp_path / "docs" / "acdc.md").read_text()
+    assert "## Final phase retrained from several seeds" in md
+    assert "**Variant: `schedule.final_epochs=2`, `model.image_size=32`**" in md
+    paal = (recs[0]["val_dice"] + recs[1]["val_dice"]) / 2
+    rand = (recs[2]["val_dice"] + recs[3]["val_dice"]) / 2
+    rows = [line for line in md.splitlines() if line.startswith("| paal | ") and " | 0, 1 | " in line]
+    assert len(rows) == 1 and f" | 0, 1 | {paal:.4f} ± " in rows[0] and rows[0].endswith("| - | 0 of 2 |")  # no test set
+    # (the fakes select alike whatever the strategy: the same labelled set, seeds and Dice for both)
+    paired = [line for line in md.splitlines() if line.startswith("- paal minus random, validation Dice")]
+    assert len(paired) == 1 and f": {paal - rand:+.4f}; mean {paal - rand:+.4f}, 0 of 1 won" in paired[0]
