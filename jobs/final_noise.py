@@ -22,21 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-SEED_FINAL = 404  # paal_ray.runs.machine._SEED_FINAL: the final phase's fresh weights
-
 
 def _slices(pool, ids: list[str], size: int):
-    import torch
-
     from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS, decode_images, decode_labels
-    from paal_ray.training.engine import SliceSet
+    from paal_ray.training.loop import _stack
 
     t = pool.read_slices(ids, [*IMAGE_COLUMNS, *LABEL_COLUMNS])
     batch = {c: t.column(c).to_pylist() for c in t.column_names}
-    order = sorted(range(len(batch["slice_id"])), key=lambda i: str(batch["slice_id"][i]))  # as the rounds do
-    images, labels = decode_images(batch, size), decode_labels(batch, size)
-    return SliceSet([str(batch["slice_id"][i]) for i in order], torch.from_numpy(images[order]),
-                    torch.from_numpy(labels[order].astype("uint8")))
+    # _stack orders by slice id, as a round does: the same batches as the run's final phase
+    return _stack([str(i) for i in batch["slice_id"]], list(decode_images(batch, size)),
+                  list(decode_labels(batch, size).astype("uint8")))
 
 
 def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_every: int) -> dict:
@@ -45,6 +40,7 @@ def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_
     from paal_ray.config import load_config
     from paal_ray.data.pool import Pool
     from paal_ray.models.bundle import ModelSpec
+    from paal_ray.runs.machine import _SEED_FINAL  # the final phase's fresh weights, as a run draws them
     from paal_ray.runs.splits import derive_seed
     from paal_ray.training import extensions
     from paal_ray.training.engine import RoundEngine
@@ -63,7 +59,7 @@ def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_
         torch.set_num_threads(cfg.scaling.train_threads)
     n_epochs = epochs or sc.final_epochs
     eng = RoundEngine(cfg, ModelSpec.from_config(cfg.model, pool.channels, pool.num_classes), extensions.get(None),
-                      torch.device("cpu"), seed=derive_seed(seed, cfg.cv.fold, SEED_FINAL))
+                      torch.device("cpu"), seed=derive_seed(seed, cfg.cv.fold, _SEED_FINAL))
     eng.lr_window = (0, sc.final_warmup_epochs, sc.final_epochs)
     data, curve, t0 = eng.to_device(train), [], time.time()
     for g in range(n_epochs):
