@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -180,7 +181,10 @@ def main() -> None:
     ap.add_argument("--observations", type=Path, default=None,
                     help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
-    runs = [r for f in args.folders for r in collect(f)]
+    for f in args.folders:
+        if not f.is_dir():  # a sweep not started yet: the page says which methods are missing
+            print(f"{f}: no such folder (a sweep not started yet?); skipped", file=sys.stderr)
+    runs = [r for f in args.folders if f.is_dir() for r in collect(f)]
     if not runs:
         raise SystemExit(f"no run folders in {', '.join(map(str, args.folders))}")
     done = [RunRef(r.root, r.setting, r.replicate) for r in runs if r.done]
