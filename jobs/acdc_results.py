@@ -22,7 +22,7 @@ from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
 from paal_ray.provenance import source_commit
 from paal_ray.runs.state import RunPaths
-from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
+from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png, paired_table
 from paal_ray.sweeps.report import collect, curves_png
 
 ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "badge"]
@@ -115,7 +115,7 @@ def _final_noise(paths: list[Path], refs: list[RunRef]) -> list[str]:
     """The final phase of each run retrained from several seeds (jobs/final_noise.py): how much of a
     run's final Dice is its labelled set and how much one training's luck, and the comparison on the
     mean over seeds. One table per variant (the settings it changed)."""
-    recs = [json.loads(line) for p in paths if p.is_file() for line in p.read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     if not recs:
         return []
     setting = {str(r.root): (r.setting, r.replicate) for r in refs}
@@ -137,38 +137,29 @@ def _final_noise(paths: list[Path], refs: list[RunRef]) -> list[str]:
             val = np.array([r["val_dice"] for r in rs])
             test = np.array([r.get("test_dice", np.nan) for r in rs])
             lost = sum(r["val_per_class"][1] < 0.05 for r in rs)
-            per_run[run] = {"val": float(val.mean()), "test": float(test.mean()), "seeds": len(rs)}
+            per_run[run] = {"val": float(val.mean()), "test": float(test.mean()), "seeds": tuple(r["seed"] for r in rs)}
             test_cell = (f"{test.mean():.4f}{_sd(test)} ({', '.join(f'{v:.3f}' for v in test)})"
                          if np.isfinite(test).all() else "-")  # runs without a test set
             out.append(f"| {setting[run][0]} | {setting[run][1]} | {', '.join(str(r['seed']) for r in rs)} | "
                        f"{val.mean():.4f}{_sd(val)} ({', '.join(f'{v:.3f}' for v in val)}) | {test_cell} | "
                        f"{lost} of {len(rs)} |")
-        out += ["", *_paired_on_means(per_run, setting), ""]
+        # Paired on the mean over seeds, only between runs retrained from the same seeds.
+        seeds = {run: v["seeds"] for run, v in per_run.items()}
+        full = max(seeds.values(), key=len)
+        means = {run: v for run, v in per_run.items() if seeds[run] == full}
+        paired = [r for r in refs if str(r.root) in means]
+        out += [""]
+        if not any(r.setting == "random" for r in paired):
+            out += ["(no random run retrained from the same seeds to pair with)", ""]
+            continue
+        for key, label in (("test", "test (mean over seeds)"), ("val", "validation (mean over seeds)")):
+            if all(np.isfinite(v[key]) for v in means.values()):
+                out += [*paired_table(paired, "random", lambda r, k=key, m=means: m[str(r.root)][k], label), ""]
     return out
 
 
 def _sd(a: np.ndarray) -> str:
     return f" ± {a.std(ddof=1):.4f}" if len(a) > 1 else ""
-
-
-def _paired_on_means(per_run: dict[str, dict], setting: dict[str, tuple]) -> list[str]:
-    """Each method minus random on the same replicate, on the runs' means over seeds (only runs with
-    the same number of seeds as their random partner)."""
-    by = {setting[run]: v for run, v in per_run.items()}
-    lines = []
-    for method in sorted({m for m, _ in by if m != "random"}, key=lambda m: ORDER.index(m) if m in ORDER else 99):
-        pairs = [(rep, by[(method, rep)], by[("random", rep)]) for m, rep in sorted(by, key=str) if m == method
-                 and ("random", rep) in by and by[("random", rep)]["seeds"] == by[(method, rep)]["seeds"]]
-        if not pairs:
-            continue
-        for key in ("test", "val"):
-            d = np.array([a[key] - b[key] for _, a, b in pairs])
-            if not np.isfinite(d).all():
-                continue
-            lines.append(f"- {method} minus random, {'test' if key == 'test' else 'validation'} Dice on the mean over "
-                         f"seeds: {', '.join(f'{rep}: {x:+.4f}' for (rep, _, _), x in zip(pairs, d, strict=True))}; "
-                         f"mean {d.mean():+.4f}{_sd(d)}, {int((d > 0).sum())} of {len(d)} won")
-    return lines
 
 
 def main() -> None:
@@ -181,6 +172,9 @@ def main() -> None:
     ap.add_argument("--observations", type=Path, default=None,
                     help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
+    for p in args.final_noise:  # before anything is written
+        if not p.is_file():
+            raise SystemExit(f"--final-noise {p}: no such file (jobs/final_noise.py --out writes it)")
     for f in args.folders:
         if not f.is_dir():  # a sweep not started yet: the page says which methods are missing
             print(f"{f}: no such folder (a sweep not started yet?); skipped", file=sys.stderr)
