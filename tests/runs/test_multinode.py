@@ -236,7 +236,9 @@ def test_a_run_on_two_nodes_then_with_the_worker_node_killed_mid_round(cluster, 
     noise = [line for line in logs.splitlines() if "core_worker.cc" in line or "execution finished" in line]
     assert not noise, "\n".join(noise[:10])  # no Ray internal error lines, no Ray Data chatter
     calm = tmp_path / "calm"
-    assert json.loads((calm / "state.json").read_text())["phase"] == "done"
+    state = json.loads((calm / "state.json").read_text())
+    assert state["phase"] == "done" and state["labeled_count"] == state["budget"]
+    assert (calm / "rounds" / "000" / "selection.parquet").is_file()
     kmeans = [t for t in _state(list_tasks, address=url, filters=[("name", "=", "paal_kmeans")], detail=True)
               if t.state == "FINISHED"]
     assert kmeans and {t.node_id for t in kmeans} <= workers, kmeans  # not in the driver, on the worker node
