@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-every", type=int, default=10, help="validate every k epochs for the curve (default 10)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per result here; done lines are skipped")
     a = p.parse_args(argv)
+    from paal_ray.config import load_config
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     done = set()
     if a.out and a.out.is_file():
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run}: no labelled.json (not a finished run folder); skipped", file=sys.stderr)
             continue
         for seed in seeds:
-            key = (str(run), seed, tuple(a.overrides), a.epochs)
-            if any(k[:3] == key[:3] and (a.epochs is None or k[3] == a.epochs) for k in done):
+            # done = the same run, seed, settings and epochs (a short --epochs look is not a full retrain)
+            epochs = a.epochs or load_config(run / "config.yaml", a.overrides).schedule.final_epochs
+            if (str(run), seed, tuple(a.overrides), epochs) in done:
                 continue
             r = retrain(run, seed, a.overrides, a.epochs, a.val_every)
             per = " ".join(f"{x:.3f}" for x in r["val_per_class"][1:])
