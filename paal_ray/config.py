@@ -102,6 +102,9 @@ class ScheduleConfig(_Strict):
         None, ge=1, description="train the final phase exactly this many epochs on its own LR schedule and "
         "keep its last epoch (None: early stopping on the global schedule, best epoch kept)")
     final_warmup_epochs: int = Field(2, ge=0, description="warm-up of the final phase's own LR schedule")
+    final_lr: float | None = Field(
+        None, gt=0, description="peak segmenter LR of the final phase's own schedule (None: train.lr); "
+        "from scratch on a small labelled set a light model may need more than the query rounds' rate")
     final_init: Literal["continue", "scratch"] = Field(
         "continue", description="continue from the last round's model, or train the final phase from scratch")
     final_val_every: int = Field(
@@ -110,9 +113,11 @@ class ScheduleConfig(_Strict):
         "points only; on 2 CPU cores a validation pass costs half a training epoch)")
 
     @model_validator(mode="after")
-    def _scratch_needs_epochs(self) -> ScheduleConfig:
+    def _final_schedule_needs_epochs(self) -> ScheduleConfig:
         if self.final_init == "scratch" and self.final_epochs is None:
             raise ValueError("schedule.final_init=scratch needs schedule.final_epochs (its own LR schedule)")
+        if self.final_lr is not None and self.final_epochs is None:
+            raise ValueError("schedule.final_lr needs schedule.final_epochs (its own LR schedule)")
         return self
 
 

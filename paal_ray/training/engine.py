@@ -190,11 +190,13 @@ class RoundEngine:
         tc = self.cfg.train
         if self.lr_window is None:
             sched = {"warmup_epochs": tc.warmup_epochs, "schedule_epochs": tc.schedule_epochs, "min_lr": tc.min_lr}
-        else:
+            peak = tc.lr
+        else:  # the final phase's own schedule
             start, warmup, length = self.lr_window
             epoch -= start
             sched = {"warmup_epochs": warmup, "schedule_epochs": length, "min_lr": tc.min_lr}
-        return lr_at(epoch, tc.lr, **sched), lr_at(epoch, tc.ap_lr, **sched)
+            peak = self.cfg.schedule.final_lr or tc.lr
+        return lr_at(epoch, peak, **sched), lr_at(epoch, tc.ap_lr, **sched)
 
     # -- one epoch ----------------------------------------------------------------------------
     def train_epoch(self, data: SliceSet, global_epoch: int) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paal_ray.config import AugmentConfig, load_config
+from paal_ray.config import AugmentConfig, ConfigError, load_config
 from paal_ray.models.bundle import ModelSpec
 from paal_ray.training import extensions
 from paal_ray.training.augment import augment_batch
@@ -104,6 +104,24 @@ def test_ap_is_silent_during_the_first_epochs_then_learns():
     m1 = eng.train_epoch(_data(), global_epoch=1)
     assert m1["ap_loss"] is not None
     assert not all(torch.equal(a, b) for a, b in zip(before, eng.ap.parameters(), strict=True))
+
+
+def test_final_phase_peaks_at_its_own_learning_rate_and_the_rounds_keep_train_lr():
+    eng = _engine(overrides=["train.lr=0.001", "train.warmup_epochs=0", "schedule.final_epochs=10",
+                             "schedule.final_warmup_epochs=0", "schedule.final_lr=0.003"])
+    assert eng.learning_rates(0.0)[0] == pytest.approx(0.001)  # a query round: train.lr
+    eng.lr_window = (40, 0, 10)  # the final phase, starting at global epoch 40
+    seg, ap = eng.learning_rates(40.0)
+    assert seg == pytest.approx(0.003) and ap == pytest.approx(eng.cfg.train.ap_lr)
+    assert eng.learning_rates(49.99)[0] < 0.0001  # annealed to min_lr by its own last epoch
+    plain = _engine(overrides=["train.lr=0.001", "schedule.final_epochs=10", "schedule.final_warmup_epochs=0"])
+    plain.lr_window = (40, 0, 10)
+    assert plain.learning_rates(40.0)[0] == pytest.approx(0.001)  # unset: the final phase peaks at train.lr
+
+
+def test_final_lr_needs_a_fixed_length_final_phase():
+    with pytest.raises(ConfigError, match="schedule.final_lr needs schedule.final_epochs"):
+        load_config("cpu", ["pool=unused", "schedule.final_lr=0.003"])
 
 
 def test_ranks_split_each_global_batch_and_no_slice_is_dropped():
