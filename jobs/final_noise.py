@@ -12,14 +12,19 @@ final phase (a variant); ``--epochs`` shortens it for a quick look.
 
 Each result is one JSON line (appended to ``--out`` as soon as it is known, so a long sweep of seeds
 can be stopped and read); finished (run, seed, settings) lines are skipped when run again.
+``--jobs 2`` trains two at once, one thread each: on 2 CPU cores two one-thread trainings of the
+width-8 U-Net finish in ~8 minutes where one two-thread training takes ~7 (1.7x the throughput).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
@@ -34,7 +39,8 @@ def _slices(pool, ids: list[str], size: int):
                   list(decode_labels(batch, size).astype("uint8")))
 
 
-def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_every: int) -> dict:
+def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_every: int,
+            threads: int | None = None) -> dict:
     import torch
 
     from paal_ray.config import load_config
@@ -55,8 +61,8 @@ def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_
     train, val = _slices(pool, labelled, size), _slices(pool, split["val_ids"], size)
     test_ids = (split.get("test") or {}).get("slice_ids") or []
     test = _slices(pool, test_ids, size) if test_ids else None
-    if cfg.scaling.train_threads:
-        torch.set_num_threads(cfg.scaling.train_threads)
+    if threads or cfg.scaling.train_threads:
+        torch.set_num_threads(threads or cfg.scaling.train_threads)
     n_epochs = epochs or sc.final_epochs
     eng = RoundEngine(cfg, ModelSpec.from_config(cfg.model, pool.channels, pool.num_classes), extensions.get(None),
                       torch.device("cpu"), seed=derive_seed(seed, cfg.cv.fold, _SEED_FINAL))
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of schedule.final_epochs")
     p.add_argument("--val-every", type=int, default=10, help="validate every k epochs for the curve (default 10)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, in processes sharing the cores (default 1)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per result here; done lines are skipped")
     a = p.parse_args(argv)
     from paal_ray.config import load_config
@@ -96,23 +103,30 @@ def main(argv: list[str] | None = None) -> int:
         for line in a.out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["run"], r["seed"], tuple(r["set"]), r["epochs"]))
+    todo = []
     for run in a.runs:
         if not (run / "labelled.json").is_file():
             print(f"{run}: no labelled.json (not a finished run folder); skipped", file=sys.stderr)
             continue
-        for seed in seeds:
-            # done = the same run, seed, settings and epochs (a short --epochs look is not a full retrain)
-            epochs = a.epochs or load_config(run / "config.yaml", a.overrides).schedule.final_epochs
-            if (str(run), seed, tuple(a.overrides), epochs) in done:
-                continue
-            r = retrain(run, seed, a.overrides, a.epochs, a.val_every)
-            per = " ".join(f"{x:.3f}" for x in r["val_per_class"][1:])
-            test = f" test {r['test_dice']:.4f}" if "test_dice" in r else ""
-            print(f"{run.name} seed {seed} {' '.join(a.overrides)}: val {r['val_dice']:.4f} (fg classes {per}){test} "
-                  f"in {r['seconds']:.0f} s; curve {r['curve']}", flush=True)
-            if a.out:
-                with a.out.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
+        # done = the same run, seed, settings and epochs (a short --epochs look is not a full retrain)
+        epochs = a.epochs or load_config(run / "config.yaml", a.overrides).schedule.final_epochs
+        todo += [(run, seed) for seed in seeds if (str(run), seed, tuple(a.overrides), epochs) not in done]
+    print(f"{len(todo)} trainings to run ({a.jobs} at a time)", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
+    if a.jobs == 1:
+        results = (retrain(run, seed, a.overrides, a.epochs, a.val_every) for run, seed in todo)
+    else:  # processes, not threads: each training owns its torch thread pool and its RNG state
+        pool = ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(retrain, run, seed, a.overrides, a.epochs, a.val_every, threads) for run, seed in todo]
+        results = (f.result() for f in as_completed(futures))
+    for r in results:
+        per = " ".join(f"{x:.3f}" for x in r["val_per_class"][1:])
+        test = f" test {r['test_dice']:.4f}" if "test_dice" in r else ""
+        print(f"{Path(r['run']).name} seed {r['seed']} {' '.join(a.overrides)}: val {r['val_dice']:.4f} "
+              f"(fg classes {per}){test} in {r['seconds']:.0f} s; curve {r['curve']}", flush=True)
+        if a.out:
+            with a.out.open("a") as f:
+                f.write(json.dumps(r) + "\n")
     return 0
 
 
