@@ -22,7 +22,8 @@ from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
 from paal_ray.provenance import source_commit
 from paal_ray.runs.state import RunPaths
-from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png, paired_table
+from paal_ray.sweeps.evidence import paired_differences
+from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
 from paal_ray.sweeps.report import collect, curves_png
 
 ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "badge"]
@@ -111,50 +112,121 @@ def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict
     return lines
 
 
-def _final_noise(paths: list[Path], refs: list[RunRef]) -> list[str]:
-    """The final phase of each run retrained from several seeds (jobs/final_noise.py): how much of a
-    run's final Dice is its labelled set and how much one training's luck, and the comparison on the
-    mean over seeds. One table per variant (the settings it changed)."""
+def _variant(overrides: list[str]) -> tuple[str, ...]:
+    """A retraining's settings, less the thread count (it changes where the work runs, not what is
+    trained: final_noise.py --jobs sets it per process)."""
+    return tuple(o for o in overrides if not o.startswith("scaling.train_threads="))
+
+
+def _load_noise(paths: list[Path]) -> list[dict]:
     recs = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    for r in recs:
+        r["variant"] = _variant(r["set"])
+    return recs
+
+
+def _per_run(rows: list[dict]) -> dict[str, dict]:
+    """Per run folder: its seeds' validation and test Dice, their means, and how many lost the RV."""
+    out = {}
+    for run in {r["run"] for r in rows}:
+        rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["seed"])
+        val = np.array([r["val_dice"] for r in rs])
+        test = np.array([r.get("test_dice", np.nan) for r in rs])
+        out[run] = {"val": val, "test": test, "seeds": tuple(r["seed"] for r in rs),
+                    "lost": sum(r["val_per_class"][1] < 0.05 for r in rs)}
+    return out
+
+
+def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...]) -> list[str]:
+    """The comparison judged on the final phase retrained from several seeds: per run the mean over
+    seeds, then mean ± std over replicates; PAAL minus each baseline per replicate; and the noise
+    (spread over seeds of one labelled set) beside the differences."""
+    per_run = _per_run([r for r in recs if r["variant"] == variant])
+    full = max((v["seeds"] for v in per_run.values()), key=len, default=())
+    runs = {run: v for run, v in per_run.items() if v["seeds"] == full}  # every set from the same seeds
+    paired = [r for r in refs if str(r.root) in runs]
+    label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
+    if not paired:
+        return []
+    out = [f"## The comparison: final phase retrained from seeds {', '.join(map(str, full))} ({label})", "",
+           "Every labelled set below (a finished run's final set) trained by `jobs/final_noise.py` with these settings "
+           f"from each of the seeds {', '.join(map(str, full))} (the same seeds for every strategy of a fold); a run's "
+           "number is the mean over its seeds' last epochs, and mean ± std is over replicates (folds). This is the "
+           "ranking the page claims; the one-training numbers in the first table are kept for the record.", "",
+           "| method | replicates | validation Dice | test Dice, held-out patients | seed std within a set (val / test, mean) | RV lost |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    by_setting: dict[str, list[RunRef]] = {}
+    for r in paired:
+        by_setting.setdefault(r.setting, []).append(r)
+    for s in sorted(by_setting, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
+        vs = [runs[str(r.root)] for r in by_setting[s]]
+        val, test = [v["val"].mean() for v in vs], [v["test"].mean() for v in vs]
+        sd_v = np.mean([v["val"].std(ddof=1) for v in vs]) if len(full) > 1 else np.nan
+        sd_t = np.mean([v["test"].std(ddof=1) for v in vs]) if len(full) > 1 else np.nan
+        out.append(f"| {s} | {len(vs)} | {_msd(val)} | {_msd(test)} | {_num(sd_v)} / {_num(sd_t)} | "
+                   f"{sum(v['lost'] for v in vs)} of {len(vs) * len(full)} |")
+    out.append("")
+    baselines = [s for s in by_setting if s != "paal"]
+    if "paal" in by_setting and baselines:
+        out += ["| PAAL minus | test Dice, per replicate | mean ± std | PAAL wins | validation Dice, per replicate | "
+                "mean ± std | PAAL wins |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for b in sorted(baselines, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
+            cells = []
+            for key in ("test", "val"):
+                values = {(r.setting, r.replicate): float(runs[str(r.root)][key].mean()) for r in paired}
+                values = {k: v for k, v in values.items() if np.isfinite(v)}  # runs without a test set
+                diffs = next((p for p in paired_differences(values, b) if p.setting == "paal"), None)
+                if diffs is None or not diffs.diffs:
+                    cells += ["-", "-", "-"]
+                    continue
+                d = list(diffs.diffs.values())
+                cells += [", ".join(f"{rep}: {x:+.4f}" for rep, x in diffs.diffs.items()), _msd(d),
+                          f"{sum(x > 0 for x in d)} of {len(d)}"]
+            out.append(f"| {b} | " + " | ".join(cells) + " |")
+        out.append("")
+    return [*out, ""]  # the page's next section starts on a line of its own
+
+
+def _num(x: float) -> str:
+    return f"{x:.4f}" if np.isfinite(x) else "-"
+
+
+def _msd(xs) -> str:
+    a = np.asarray(xs, float)
+    if not np.isfinite(a).all():
+        return "-"
+    return f"{a.mean():.4f} ± {a.std(ddof=1):.4f}" if len(a) > 1 else f"{a.mean():.4f}"
+
+
+def _final_noise(recs: list[dict], refs: list[RunRef]) -> list[str]:
+    """The final phase of each run retrained from several seeds (jobs/final_noise.py): how much of a
+    run's final Dice is its labelled set and how much one training's luck. One table per variant
+    (the settings it changed)."""
     if not recs:
         return []
     setting = {str(r.root): (r.setting, r.replicate) for r in refs}
-    out = ["## Final phase retrained from several seeds", "",
+    out = ["## Final phase retrained from several seeds: every variant measured", "",
            "Each finished run's final phase trained again in one process (`python jobs/final_noise.py RUN --seeds ...`): "
            "the run's labelled set, validation and test slices, schedule and model, fresh weights from seed k "
            "(k = 0 with the run's own settings reproduces its final model). Last epoch's Dice. *RV lost*: seeds whose final model "
            "segments no right ventricle on the validation patients (RV Dice < 0.05).", ""]
-    for variant in sorted({tuple(r["set"]) for r in recs}):
-        rows = [r for r in recs if tuple(r["set"]) == variant and r["run"] in setting]
+    for variant in sorted({r["variant"] for r in recs}):
+        rows = [r for r in recs if r["variant"] == variant and r["run"] in setting]
         if not rows:
             continue
         label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
         out += [f"**Variant: {label}** (epochs: {sorted({r['epochs'] for r in rows})})", "",
                 "| run | replicate | seeds | validation Dice | test Dice | RV lost |", "| --- | --- | --- | --- | --- | --- |"]
-        per_run: dict[str, dict] = {}
-        for run in sorted({r["run"] for r in rows}, key=lambda x: (setting[x][1], setting[x][0])):
-            rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["seed"])
-            val = np.array([r["val_dice"] for r in rs])
-            test = np.array([r.get("test_dice", np.nan) for r in rs])
-            lost = sum(r["val_per_class"][1] < 0.05 for r in rs)
-            per_run[run] = {"val": float(val.mean()), "test": float(test.mean()), "seeds": tuple(r["seed"] for r in rs)}
-            test_cell = (f"{test.mean():.4f}{_sd(test)} ({', '.join(f'{v:.3f}' for v in test)})"
+        per_run = _per_run(rows)
+        for run in sorted(per_run, key=lambda x: (setting[x][1], setting[x][0])):
+            v = per_run[run]
+            val, test = v["val"], v["test"]
+            test_cell = (f"{test.mean():.4f}{_sd(test)} ({', '.join(f'{x:.3f}' for x in test)})"
                          if np.isfinite(test).all() else "-")  # runs without a test set
-            out.append(f"| {setting[run][0]} | {setting[run][1]} | {', '.join(str(r['seed']) for r in rs)} | "
-                       f"{val.mean():.4f}{_sd(val)} ({', '.join(f'{v:.3f}' for v in val)}) | {test_cell} | "
-                       f"{lost} of {len(rs)} |")
-        # Paired on the mean over seeds, only between runs retrained from the same seeds.
-        seeds = {run: v["seeds"] for run, v in per_run.items()}
-        full = max(seeds.values(), key=len)
-        means = {run: v for run, v in per_run.items() if seeds[run] == full}
-        paired = [r for r in refs if str(r.root) in means]
-        out += [""]
-        if not any(r.setting == "random" for r in paired):
-            out += ["(no random run retrained from the same seeds to pair with)", ""]
-            continue
-        for key, label in (("test", "test (mean over seeds)"), ("val", "validation (mean over seeds)")):
-            if all(np.isfinite(v[key]) for v in means.values()):
-                out += [*paired_table(paired, "random", lambda r, k=key, m=means: m[str(r.root)][k], label), ""]
+            out.append(f"| {setting[run][0]} | {setting[run][1]} | {', '.join(map(str, v['seeds']))} | "
+                       f"{val.mean():.4f}{_sd(val)} ({', '.join(f'{x:.3f}' for x in val)}) | {test_cell} | "
+                       f"{v['lost']} of {len(val)} |")
+        out.append("")
     return out
 
 
@@ -169,6 +241,9 @@ def main() -> None:
     ap.add_argument("--final-noise", type=Path, action="append", default=[],
                     help="JSON lines written by jobs/final_noise.py --out (repeatable): a section on the final phase "
                          "retrained from several seeds")
+    ap.add_argument("--headline", default=None,
+                    help="the --final-noise variant that ranks the strategies, as its --set overrides joined by "
+                         "spaces (e.g. 'train.channels_last=true train.lr=0.003'): its own section, mean over seeds")
     ap.add_argument("--observations", type=Path, default=None,
                     help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
@@ -209,7 +284,13 @@ def main() -> None:
     ]
     reference = "random" if any(r.setting == "random" for r in done) else None
     body = evidence_markdown(done, pool.class_names, reference)
-    noise = _final_noise(args.final_noise, done)
+    recs = _load_noise(args.final_noise)
+    if args.headline is not None:
+        head = _headline(recs, done, _variant(args.headline.split()))
+        if not head:
+            raise SystemExit(f"--headline {args.headline!r}: no retrained run of that variant in --final-noise")
+        header += head
+    noise = _final_noise(recs, done)
     if noise:
         body += "\n" + "\n".join(noise)
     notes = ["", "## Observations (written by hand, not generated)", "", args.observations.read_text()] \

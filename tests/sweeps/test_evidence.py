@@ -135,26 +135,29 @@ def test_final_noise_retrains_the_final_phase_reproducibly_and_the_page_pairs_th
         cfg = small_cfg(blob_pool, runs, name=name, reuse_round0="false", **{"strategy.name": name})
         RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
 
-    def noise(out: Path, seeds: str, *run_names: str) -> subprocess.CompletedProcess:
+    def noise(out: Path, seeds: str, *run_names: str, jobs: int = 1) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(repo / "jobs/final_noise.py"), *(str(runs / n) for n in run_names), "--seeds", seeds,
-               "--epochs", "1", "--set", "schedule.final_epochs=2", "--set", "model.image_size=32", "--out", str(out)]
+               "--epochs", "1", "--set", "schedule.final_epochs=2", "--set", "model.image_size=32", "--out", str(out),
+               "--jobs", str(jobs)]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
         assert res.returncode == 0, res.stderr
         return res
 
     out = tmp_path / "noise.jsonl"
-    noise(out, "0,1", "paal", "random")
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    first = noise(out, "0,1", "paal", "random", jobs=2)  # two processes at once
+    assert first.stdout.startswith("4 trainings to run (2 at a time)")
+    recs = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: (r["run"], r["seed"]))
     assert [(Path(r["run"]).name, r["seed"]) for r in recs] == [("paal", 0), ("paal", 1), ("random", 0), ("random", 1)]
     assert all(0 <= r["val_dice"] <= 1 and len(r["val_per_class"]) == 3 and r["labelled"] == 15 for r in recs)
-    again = noise(tmp_path / "again.jsonl", "0", "paal")
+    again = noise(tmp_path / "again.jsonl", "0", "paal", jobs=2)
     assert json.loads((tmp_path / "again.jsonl").read_text())["val_dice"] == recs[0]["val_dice"]  # same seed, same model
     assert "paal seed 0" in again.stdout
     res = noise(out, "0,1", "paal", "random")  # all done: nothing retrained, nothing appended
-    assert res.stdout == "" and len(out.read_text().splitlines()) == 4
+    assert res.stdout.strip() == "0 trainings to run (1 at a time)" and len(out.read_text().splitlines()) == 4
 
+    variant = "schedule.final_epochs=2 model.image_size=32 scaling.train_threads=1"  # threads: not a variant
     page = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "docs"),
-                           "--final-noise", str(out)], capture_output=True, text=True, cwd=repo)
+                           "--final-noise", str(out), "--headline", variant], capture_output=True, text=True, cwd=repo)
     assert page.returncode == 0, page.stderr
     md = (tmp_path / "docs" / "acdc.md").read_text()
     assert "## Final phase retrained from several seeds" in md
@@ -163,9 +166,14 @@ def test_final_noise_retrains_the_final_phase_reproducibly_and_the_page_pairs_th
     rand = (recs[2]["val_dice"] + recs[3]["val_dice"]) / 2
     rows = [line for line in md.splitlines() if line.startswith("| paal | ") and " | 0, 1 | " in line]
     assert len(rows) == 1 and f" | 0, 1 | {paal:.4f} ± " in rows[0] and rows[0].endswith("| - | 0 of 2 |")  # no test set
+    # The headline section: the mean over seeds per run, PAAL minus each baseline per replicate.
+    head = md[md.index("## The comparison: final phase retrained from seeds 0, 1"):]
+    head = head[:head.index("\n## ")]
+    assert f"| paal | 1 | {paal:.4f} | - |" in head  # one replicate; no test set here
     # (the fakes select alike whatever the strategy: the same labelled set, seeds and Dice for both)
-    section = md[md.index("## Final phase retrained"):]
-    assert "| setting | validation (mean over seeds) Dice minus random, per replicate |" in section
-    assert "test (mean over seeds)" not in section  # no test set here: no test pairing
-    paired = [line for line in section.splitlines() if line.startswith("| paal | ") and " | 0 of 1 |" in line]
-    assert len(paired) == 1 and f": {paal - rand:+.4f} | " in paired[0]
+    minus = [line for line in head[head.index("| PAAL minus |"):].splitlines() if line.startswith("| random | ")]
+    assert len(minus) == 1 and minus[0].startswith("| random | - | - | - | ") and minus[0].endswith(" | 0 of 1 |")
+    assert f": {paal - rand:+.4f} | " in minus[0]
+    bad = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "d2"),
+                          "--final-noise", str(out), "--headline", "train.lr=9"], capture_output=True, text=True, cwd=repo)
+    assert bad.returncode != 0 and "--headline 'train.lr=9': no retrained run of that variant" in bad.stderr
