@@ -28,6 +28,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
+def _variant(overrides: list[str]) -> tuple[str, ...]:
+    """What a retraining changed, less the thread count (where the work runs, not what is trained)."""
+    return tuple(o for o in overrides if not o.startswith("scaling.train_threads="))
+
+
 def _slices(pool, ids: list[str], size: int):
     from paal_ray.data.pool import IMAGE_COLUMNS, LABEL_COLUMNS, decode_images, decode_labels
     from paal_ray.training.loop import _stack
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out and a.out.is_file():
         for line in a.out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["run"], r["seed"], tuple(r["set"]), r["epochs"]))
+            done.add((r["run"], r["seed"], _variant(r["set"]), r["epochs"]))
     todo = []
     for run in a.runs:
         if not (run / "labelled.json").is_file():
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # done = the same run, seed, settings and epochs (a short --epochs look is not a full retrain)
         epochs = a.epochs or load_config(run / "config.yaml", a.overrides).schedule.final_epochs
-        todo += [(run, seed) for seed in seeds if (str(run), seed, tuple(a.overrides), epochs) not in done]
+        todo += [(run, seed) for seed in seeds if (str(run), seed, _variant(a.overrides), epochs) not in done]
     print(f"{len(todo)} trainings to run ({a.jobs} at a time)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
     if a.jobs == 1:
