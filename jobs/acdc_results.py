@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from final_noise import variant as retrain_variant  # jobs/, this script's folder, is on sys.path
 
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
@@ -112,16 +113,10 @@ def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict
     return lines
 
 
-def _variant(overrides: list[str]) -> tuple[str, ...]:
-    """A retraining's settings, less the thread count (it changes where the work runs, not what is
-    trained: final_noise.py --jobs sets it per process)."""
-    return tuple(o for o in overrides if not o.startswith("scaling.train_threads="))
-
-
 def _load_noise(paths: list[Path]) -> list[dict]:
     recs = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     for r in recs:
-        r["variant"] = _variant(r["set"])
+        r["variant"] = retrain_variant(r["set"])
     return recs
 
 
@@ -286,7 +281,7 @@ def main() -> None:
     body = evidence_markdown(done, pool.class_names, reference)
     recs = _load_noise(args.final_noise)
     if args.headline is not None:
-        head = _headline(recs, done, _variant(args.headline.split()))
+        head = _headline(recs, done, retrain_variant(args.headline.split()))
         if not head:
             raise SystemExit(f"--headline {args.headline!r}: no retrained run of that variant in --final-noise")
         header += head

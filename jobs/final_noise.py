@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
-def _variant(overrides: list[str]) -> tuple[str, ...]:
+def variant(overrides: list[str]) -> tuple[str, ...]:
     """What a retraining changed, less the thread count (where the work runs, not what is trained)."""
     return tuple(o for o in overrides if not o.startswith("scaling.train_threads="))
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out and a.out.is_file():
         for line in a.out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["run"], r["seed"], _variant(r["set"]), r["epochs"]))
+            done.add((r["run"], r["seed"], variant(r["set"]), r["epochs"]))
     todo = []
     for run in a.runs:
         if not (run / "labelled.json").is_file():
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # done = the same run, seed, settings and epochs (a short --epochs look is not a full retrain)
         epochs = a.epochs or load_config(run / "config.yaml", a.overrides).schedule.final_epochs
-        todo += [(run, seed) for seed in seeds if (str(run), seed, _variant(a.overrides), epochs) not in done]
+        todo += [(run, seed) for seed in seeds if (str(run), seed, variant(a.overrides), epochs) not in done]
     print(f"{len(todo)} trainings to run ({a.jobs} at a time)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
     if a.jobs == 1:
