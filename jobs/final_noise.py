@@ -5,7 +5,9 @@ labelled set, validation and test slices), once per seed, and prints the last ep
 held-out test Dice per class. Seed k draws the fresh weights as a run with ``seed: k`` would, so
 ``--seeds 0`` on a seed-0 run reproduces that run's final model (add ``--set train.channels_last=true``
 for runs made before that field existed: they trained channels-last on CPU). ``--set`` changes the
-final phase (a variant); ``--epochs`` shortens it for a quick look.
+final phase (a variant: ``--set schedule.final_lr=0.003`` its peak learning rate; for runs made
+before that field, ``--set train.lr=0.003`` does the same here, where only the final phase trains);
+``--epochs`` shortens it for a quick look.
 
     python jobs/final_noise.py /work/exp/ws6/acdc-comparison/fold-2_name-paal --seeds 0,1,2 \\
         --set train.channels_last=true --out /work/exp/final-noise.jsonl
