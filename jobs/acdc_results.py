@@ -154,7 +154,10 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...]) ->
            "Every labelled set below (a finished run's final set) trained by `jobs/final_noise.py` with these settings "
            f"from each of the seeds {', '.join(map(str, full))} (the same seeds for every strategy of a fold); a run's "
            "number is the mean over its seeds' last epochs, and mean ± std is over replicates (folds). This is the "
-           "ranking the page claims; the one-training numbers in the first table are kept for the record.", "",
+           "ranking the page claims; the one-training numbers in the first table are kept for the record. *Seed noise "
+           "of one difference*: the standard error that the seeds alone put on one replicate's paired difference "
+           "(sqrt(2 s²/k), s² the within-set variance over seeds pooled over both methods' sets, k seeds); a "
+           "difference within about twice that is not told apart from training luck.", "",
            "| method | replicates | validation Dice | test Dice, held-out patients | seed std within a set (val / test, mean) | RV lost |",
            "| --- | --- | --- | --- | --- | --- |"]
     by_setting: dict[str, list[RunRef]] = {}
@@ -170,11 +173,15 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...]) ->
     out.append("")
     baselines = [s for s in by_setting if s != "paal"]
     if "paal" in by_setting and baselines:
-        out += ["| PAAL minus | test Dice, per replicate | mean ± std | PAAL wins | validation Dice, per replicate | "
-                "mean ± std | PAAL wins |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| PAAL minus | test Dice, per replicate | mean ± std | PAAL wins | seed noise of one difference (test) "
+                "| validation Dice, per replicate | mean ± std | PAAL wins |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for b in sorted(baselines, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
             cells = []
             for key in ("test", "val"):
+                if key == "val":  # the standard error that seeds alone put on a replicate's test difference
+                    cells.append(_num(_difference_se([runs[str(r.root)]["test"] for r in paired
+                                                      if r.setting in ("paal", b)])))
                 values = {(r.setting, r.replicate): float(runs[str(r.root)][key].mean()) for r in paired}
                 values = {k: v for k, v in values.items() if np.isfinite(v)}  # runs without a test set
                 diffs = next((p for p in paired_differences(values, b) if p.setting == "paal"), None)
@@ -187,6 +194,15 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...]) ->
             out.append(f"| {b} | " + " | ".join(cells) + " |")
         out.append("")
     return [*out, ""]  # the page's next section starts on a line of its own
+
+
+def _difference_se(seed_values: list[np.ndarray]) -> float:
+    """About how far apart two labelled sets' seed means fall by the luck of the seeds alone:
+    sqrt(2 s^2 / k), with s^2 the mean within-set variance over seeds and k seeds a set."""
+    sets = [a for a in seed_values if len(a) > 1 and np.isfinite(a).all()]
+    if not sets:
+        return float("nan")
+    return float(np.sqrt(2 * np.mean([a.var(ddof=1) for a in sets]) / len(sets[0])))
 
 
 def _num(x: float) -> str:

@@ -173,8 +173,22 @@ def test_final_noise_retrains_the_final_phase_reproducibly_and_the_page_pairs_th
     assert f"| paal | 1 | {paal:.4f} | - |" in head  # one replicate; no test set here
     # (the fakes select alike whatever the strategy: the same labelled set, seeds and Dice for both)
     minus = [line for line in head[head.index("| PAAL minus |"):].splitlines() if line.startswith("| random | ")]
-    assert len(minus) == 1 and minus[0].startswith("| random | - | - | - | ") and minus[0].endswith(" | 0 of 1 |")
+    assert len(minus) == 1 and minus[0].startswith("| random | - | - | - | - | ") and minus[0].endswith(" | 0 of 1 |")
     assert f": {paal - rand:+.4f} | " in minus[0]
     bad = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "d2"),
                           "--final-noise", str(out), "--headline", "train.lr=9"], capture_output=True, text=True, cwd=repo)
     assert bad.returncode != 0 and "--headline 'train.lr=9': no retrained run of that variant" in bad.stderr
+
+
+def test_the_seed_noise_of_a_paired_difference():
+    """sqrt(2 s^2 / k): s^2 the within-set variance over seeds, pooled; sets with one seed say nothing."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    from acdc_results import _difference_se
+
+    sets = [np.array([0.7, 0.8, 0.9]), np.array([0.5, 0.5, 0.5])]  # variances 0.01 and 0: pooled 0.005
+    assert _difference_se(sets) == pytest.approx(np.sqrt(2 * 0.005 / 3))
+    assert np.isnan(_difference_se([np.array([0.7])]))
