@@ -181,21 +181,19 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
         out += ["| PAAL minus | test Dice, per replicate | mean ± std | PAAL wins | seed noise of one difference (test) "
                 "| validation Dice, per replicate | mean ± std | PAAL wins |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        def paal_minus(b: str, key: str) -> list[str]:  # per replicate, mean ± std, wins
+            values = {(r.setting, r.replicate): float(runs[str(r.root)][key].mean()) for r in paired}
+            values = {k: v for k, v in values.items() if np.isfinite(v)}  # runs without a test set
+            diffs = next((p for p in paired_differences(values, b) if p.setting == "paal"), None)
+            if diffs is None or not diffs.diffs:
+                return ["-", "-", "-"]
+            d = list(diffs.diffs.values())
+            return [", ".join(f"{rep}: {x:+.4f}" for rep, x in diffs.diffs.items()), _msd(d),
+                    f"{sum(x > 0 for x in d)} of {len(d)}"]
+
         for b in sorted(baselines, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
-            cells = []
-            for key in ("test", "val"):
-                if key == "val":  # the standard error that seeds alone put on a replicate's test difference
-                    cells.append(_num(_difference_se([runs[str(r.root)]["test"] for r in paired
-                                                      if r.setting in ("paal", b)])))
-                values = {(r.setting, r.replicate): float(runs[str(r.root)][key].mean()) for r in paired}
-                values = {k: v for k, v in values.items() if np.isfinite(v)}  # runs without a test set
-                diffs = next((p for p in paired_differences(values, b) if p.setting == "paal"), None)
-                if diffs is None or not diffs.diffs:
-                    cells += ["-", "-", "-"]
-                    continue
-                d = list(diffs.diffs.values())
-                cells += [", ".join(f"{rep}: {x:+.4f}" for rep, x in diffs.diffs.items()), _msd(d),
-                          f"{sum(x > 0 for x in d)} of {len(d)}"]
+            noise = _difference_se([runs[str(r.root)]["test"] for r in paired if r.setting in ("paal", b)])
+            cells = [*paal_minus(b, "test"), _num(noise), *paal_minus(b, "val")]
             out.append(f"| {b} | " + " | ".join(cells) + " |")
         out.append("")
     return [*out, ""]  # the page's next section starts on a line of its own
