@@ -15,7 +15,8 @@ before that field, ``--set train.lr=0.003`` does the same here, where only the f
 Each result is one JSON line (appended to ``--out`` as soon as it is known, so a long sweep of seeds
 can be stopped and read); finished (run, seed, settings) lines are skipped when run again.
 ``--jobs 2`` trains two at once, one thread each: on 2 CPU cores two one-thread trainings of the
-width-8 U-Net finish in ~8 minutes where one two-thread training takes ~7 (1.7x the throughput).
+acdc-cpu final phase (80 epochs) took 485-530 s each where one two-thread training takes ~7 minutes
+(about 1.6x the throughput).
 """
 
 from __future__ import annotations
