@@ -192,3 +192,29 @@ def test_the_seed_noise_of_a_paired_difference():
     sets = [np.array([0.7, 0.8, 0.9]), np.array([0.5, 0.5, 0.5])]  # variances 0.01 and 0: pooled 0.005
     assert _difference_se(sets) == pytest.approx(np.sqrt(2 * 0.005 / 3))
     assert np.isnan(_difference_se([np.array([0.7])]))
+
+
+def test_the_headline_ranks_seed_means_pairs_paal_with_each_baseline_and_shows_the_full_level():
+    """jobs/acdc_results.py's ranked section, from hand-made retraining records (no training)."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    from acdc_results import _headline
+
+    from paal_ray.sweeps.evidence_report import RunRef
+
+    tests = {("paal", 0): [0.80, 0.82, 0.81], ("random", 0): [0.78, 0.78, 0.78],
+             ("paal", 1): [0.70, 0.70, 0.70], ("random", 1): [0.75, 0.74, 0.76]}
+    refs = [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s, f in tests]
+    recs = [{"run": f"/w/{s}{f}", "seed": k, "variant": ("train.lr=0.003",), "val_dice": t - 0.05,
+             "test_dice": t, "val_per_class": [1.0, 0.0 if (s, f, k) == ("paal", 1, 2) else 0.6, 0.7, 0.8]}
+            for (s, f), ts in tests.items() for k, t in enumerate(ts)]
+    md = "\n".join(_headline(recs, refs, ("train.lr=0.003",), {"full": ([0.80, 0.82], [0.85, 0.84])}))
+    assert "| paal | 2 | 0.7050 ± 0.0778 | 0.7550 ± 0.0778 | 0.0050 / 0.0050 | 1 of 6 |" in md  # one seed lost the RV
+    assert "| full (its own run, seed 0 only) | 2 | 0.8100 ± 0.0141 | 0.8450 ± 0.0071 | - | - |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| random | fold="))
+    noise = np.sqrt(2 * np.mean([0.0001, 0, 0, 0.0001]) / 3)  # within-set variances of the four sets
+    assert row.startswith("| random | fold=0: +0.0300, fold=1: -0.0500 | -0.0100 ± 0.0566 | 1 of 2 | "
+                          f"{noise:.4f} | fold=0: +0.0300, fold=1: -0.0500 |")
