@@ -147,15 +147,15 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
     seeds, then mean ± std over replicates; PAAL minus each baseline per replicate; and the noise
     (spread over seeds of one labelled set) beside the differences."""
     per_run = _per_run([r for r in recs if r["variant"] == variant])
-    full = max((v["seeds"] for v in per_run.values()), key=len, default=())
-    runs = {run: v for run, v in per_run.items() if v["seeds"] == full}  # every set from the same seeds
+    seeds = max((v["seeds"] for v in per_run.values()), key=len, default=())
+    runs = {run: v for run, v in per_run.items() if v["seeds"] == seeds}  # every set from the same seeds
     paired = [r for r in refs if str(r.root) in runs]
     label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
     if not paired:
         return []
-    out = [f"## The comparison: final phase retrained from seeds {', '.join(map(str, full))} ({label})", "",
+    out = [f"## The comparison: final phase retrained from seeds {', '.join(map(str, seeds))} ({label})", "",
            "Every labelled set below (a finished run's final set) trained by `jobs/final_noise.py` with these settings "
-           f"from each of the seeds {', '.join(map(str, full))} (the same seeds for every strategy of a fold); a run's "
+           f"from each of the seeds {', '.join(map(str, seeds))} (the same seeds for every strategy of a fold); a run's "
            "number is the mean over its seeds' last epochs, and mean ± std is over replicates (folds). This is the "
            "ranking the page claims; the one-training numbers in the first table are kept for the record. *Seed noise "
            "of one difference*: the standard error that the seeds alone put on one replicate's paired difference "
@@ -169,10 +169,10 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
     for s in sorted(by_setting, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
         vs = [runs[str(r.root)] for r in by_setting[s]]
         val, test = [v["val"].mean() for v in vs], [v["test"].mean() for v in vs]
-        sd_v = np.mean([v["val"].std(ddof=1) for v in vs]) if len(full) > 1 else np.nan
-        sd_t = np.mean([v["test"].std(ddof=1) for v in vs]) if len(full) > 1 else np.nan
+        sd_v = np.mean([v["val"].std(ddof=1) for v in vs]) if len(seeds) > 1 else np.nan
+        sd_t = np.mean([v["test"].std(ddof=1) for v in vs]) if len(seeds) > 1 else np.nan
         out.append(f"| {s} | {len(vs)} | {_msd(val)} | {_msd(test)} | {_num(sd_v)} / {_num(sd_t)} | "
-                   f"{sum(v['lost'] for v in vs)} of {len(vs) * len(full)} |")
+                   f"{sum(v['lost'] for v in vs)} of {len(vs) * len(seeds)} |")
     for s, (val, test) in (references or {}).items():  # not retrained: the run's own final phase, one seed
         out.append(f"| {s} (its own run, seed 0 only) | {len(val)} | {_msd(val)} | {_msd(test)} | - | - |")
     out.append("")

@@ -169,8 +169,10 @@ def curves_png(runs: list[RunPoints]) -> bytes:
                 pr.append(np.mean(rs))
                 pr_x.append(int(k))
         if len(xs) == 1 and xs[0] >= 99:  # the full-data reference: a level to reach, not a point at 100%
-            line = ax1.axhline(ms[0], ls="--", color=f"C{len(ax1.lines) % 10}", label=f"{setting} (all labelled)")
-            ax1.axhspan(ms[0] - ss[0], ms[0] + ss[0], color=line.get_color(), alpha=0.1)
+            # grey, outside the colour cycle: an explicit cycle colour would not advance the cycle and
+            # the next strategy's curve would take the same colour
+            ax1.axhline(ms[0], ls="--", color="0.35", label=f"{setting} (all labelled)")
+            ax1.axhspan(ms[0] - ss[0], ms[0] + ss[0], color="0.35", alpha=0.1)
             continue
         (line,) = ax1.plot(xs, ms, "o-", label=setting)
         ax1.fill_between(xs, np.subtract(ms, ss), np.add(ms, ss), color=line.get_color(), alpha=0.15)
