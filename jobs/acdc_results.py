@@ -31,12 +31,13 @@ ORDER = ["full", "paal", "paal_ap_only", "random", "max_entropy", "coreset", "ba
 COMMANDS = """\
 ```bash
 paal ingest ../shared/data/acdc --layout acdc --out pools/acdc128 --size 128
-paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # PAAL, random x folds; re-run to resume
+paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # PAAL, random x folds 0-2; re-run to resume
+paal sweep jobs/sweeps/acdc-comparison-more.yaml --set pool=pools/acdc128  # PAAL, random x folds 3-4
 paal sweep jobs/sweeps/acdc-ablation.yaml --set pool=pools/acdc128     # max-entropy, PAAL (AP only) x folds
 paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
-python jobs/final_noise.py workspace/acdc-comparison/* workspace/acdc-ablation/* --seeds 0,1,2 --jobs 2 \\
+python jobs/final_noise.py workspace/acdc-comparison*/* workspace/acdc-ablation/* --seeds 0,1,2 --jobs 2 \\
     --set train.channels_last=true --set train.lr=0.003 --out final-noise.jsonl   # the ranking's final phase
-python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-ablation workspace/acdc-full --out docs/results \\
+python jobs/acdc_results.py workspace/acdc-comparison* workspace/acdc-ablation workspace/acdc-full --out docs/results \\
     --final-noise final-noise.jsonl --headline 'train.channels_last=true train.lr=0.003'
 ```"""
 
@@ -52,7 +53,7 @@ PROTOCOL = """\
   volume in pixels of the 128 grid (the NIfTI files carry no true spacing).
 - **Folds and replicates.** The other 60 patients are cut into 5 folds by sorted patient id (12
   each); the held-out fold is the validation set (IQ, the paper's reported Dice). A replicate is a
-  fold (0, 1, 2; seed 0): every strategy of a fold starts from the same split and the same seeded
+  fold (seed 0): folds 0-4 for PAAL and random, 0-2 for the other strategies; every strategy of a fold starts from the same split and the same seeded
   initial set (5% of the training slices), so differences are paired.
 - **Budget.** 10% of the training slices, T = 5 queries of b = floor((10% - 5%) N / 5) slices.
 - **Schedules (the paper's).** PAAL and PAAL (AP only) query by IQ (patience 10 epochs, min delta
@@ -81,21 +82,23 @@ PROTOCOL = """\
 """
 
 
-PLANNED_REPLICATES = 3  # folds 0, 1, 2 (jobs/sweeps/acdc-*.yaml)
+# Folds per method (jobs/sweeps/acdc-*.yaml): 0-4 for the pair that matters most (acdc-comparison and
+# acdc-comparison-more), 0-2 for the ablation and the full-data reference.
+PLANNED_FOLDS = {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3}
 
 
 def _status(refs: list[RunRef]) -> list[str]:
     """Says plainly when the comparison is incomplete: fewer finished folds than planned for any
     method, or a method of the protocol missing."""
     counts = {s: sum(r.setting == s for r in refs) for s in ORDER if any(r.setting == s for r in refs)}
-    planned = ["paal", "paal_ap_only", "random", "max_entropy", "full"]
-    short = {s: counts.get(s, 0) for s in planned if counts.get(s, 0) < PLANNED_REPLICATES}
+    plan = ", ".join(f"{s} {n}" for s, n in PLANNED_FOLDS.items())
+    short = {s: counts.get(s, 0) for s, n in PLANNED_FOLDS.items() if counts.get(s, 0) < n}
     if not short:
-        return [f"**Status: complete** ({PLANNED_REPLICATES} folds of every method).", ""]
+        return [f"**Status: complete** (folds per method: {plan}).", ""]
     have = ", ".join(f"{s} {n}" for s, n in counts.items())
-    return [f"**Status: partial.** Finished runs per method: {have}; the protocol plans {PLANNED_REPLICATES} folds of "
-            f"each of {', '.join(planned)}. The tables below are what has finished, not the comparison: no ordering "
-            "is claimed from fewer than all folds (a std shown as 0.0 with (1) is a single run).", ""]
+    return [f"**Status: partial.** Finished runs per method: {have}; the protocol plans {plan}. The tables below "
+            "are what has finished: an ordering is claimed only between methods paired on the same folds, and "
+            "none from one fold (a std shown as 0.0 with (1) is a single run).", ""]
 
 
 def _table2(refs: list[RunRef], finals: dict[Path, dict], tests: dict[Path, dict]) -> list[str]:
@@ -160,7 +163,8 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
            "ranking the page claims; the one-training numbers in the first table are kept for the record. *Seed noise "
            "of one difference*: the standard error that the seeds alone put on one replicate's paired difference "
            "(sqrt(2 s²/k), s² the within-set variance over seeds pooled over both methods' sets, k seeds); a "
-           "difference within about twice that is not told apart from training luck.", "",
+           "difference within about twice that is not told apart from training luck. Methods with different numbers "
+           "of replicates are compared by the paired rows below (PAAL minus), which use only the folds both have.", "",
            "| method | replicates | validation Dice | test Dice, held-out patients | seed std within a set (val / test, mean) | RV lost |",
            "| --- | --- | --- | --- | --- | --- |"]
     by_setting: dict[str, list[RunRef]] = {}

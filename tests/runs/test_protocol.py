@@ -137,3 +137,10 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
     full = expand(load_sweep(REPO / "jobs/sweeps/acdc-full.yaml", sets))
     assert [t.values["cv.fold"] for t in full] == [0, 1, 2] and all(t.config.budget.full_data for t in full)
     assert full[0].config.schedule == trials[0].config.schedule  # the same final phase as the strategies
+    # Folds 3 and 4 of the pair (acdc-comparison-more): the same protocol, only the fold differs.
+    more = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison-more.yaml", sets))
+    assert [(t.values["cv.fold"], t.config.strategy.name) for t in more] == [
+        (3, "paal"), (3, "random"), (4, "paal"), (4, "random")]
+    assert [t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in more] == [
+        t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in trials[:4]]
+    assert {t.config.cv.num_folds for t in more} == {5}

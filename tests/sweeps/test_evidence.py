@@ -218,3 +218,28 @@ def test_the_headline_ranks_seed_means_pairs_paal_with_each_baseline_and_shows_t
     noise = np.sqrt(2 * np.mean([0.0001, 0, 0, 0.0001]) / 3)  # within-set variances of the four sets
     assert row.startswith("| random | fold=0: +0.0300, fold=1: -0.0500 | -0.0100 ± 0.0566 | 1 of 2 | "
                           f"{noise:.4f} | fold=0: +0.0300, fold=1: -0.0500 |")
+
+
+def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_planned_folds():
+    """PAAL and random have folds 0-4, the ablation 0-2: PAAL minus max-entropy pairs folds 0-2 only;
+    the status is complete only when every method has its own planned number of folds."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    from acdc_results import PLANNED_FOLDS, _headline, _status
+
+    from paal_ray.sweeps.evidence_report import RunRef
+
+    folds = {"paal": range(5), "random": range(5), "max_entropy": range(3)}
+    refs = [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s, fs in folds.items() for f in fs]
+    recs = [{"run": str(r.root), "seed": k, "variant": (), "val_dice": 0.7, "val_per_class": [1, 0.6, 0.7, 0.8],
+             "test_dice": 0.8 if r.setting == "paal" else 0.75} for r in refs for k in range(2)]
+    md = "\n".join(_headline(recs, refs, ()))
+    row = next(line for line in md.splitlines() if line.startswith("| max_entropy | fold="))
+    assert row.startswith("| max_entropy | fold=0: +0.0500, fold=1: +0.0500, fold=2: +0.0500 | 0.0500 ± 0.0000 | 3 of 3 |")
+    assert next(line for line in md.splitlines() if line.startswith("| random | fold=")).count("+0.0500") == 5  # test Dice on folds 0-4
+
+    full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full") for f in range(3)]
+    assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
+    partial = _status([r for r in full if r.replicate != "fold=4"])[0]
+    assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
