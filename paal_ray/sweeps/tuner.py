@@ -299,6 +299,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, echo: Callable[[st
     experiment = root / ".tune" / EXPERIMENT
     if tune.Tuner.can_restore(str(experiment)):
         echo(f"[sweep] resuming from {experiment}: finished and stopped trials are not run again")
+        if spec.search and spec.search.asha:
+            # Tune restores the search algorithm's state but not the scheduler's (Tuner.restore
+            # unpickles the scheduler as it was when the sweep started), so ASHA's rungs are empty.
+            echo("[sweep] note: ASHA starts its record afresh on a resume: a trial is compared only with the "
+                 "trials that report after it")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:

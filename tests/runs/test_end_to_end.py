@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from paal_ray.atomic import read_jsonl
@@ -86,7 +87,14 @@ def test_held_out_patients_judge_the_final_model(finished_run):
     test = json.loads((root / "test.json").read_text())
     assert len(test["patients"]) == 2 and test["patients"] == split["test"]["patients"]
     assert test["num_slices"] == 32 and test["num_volumes"] == 2 and test["image_size"] == [64, 64]
-    assert not {s.split("/")[0] for s in split["train_ids"] + split["val_ids"]} & set(split["test"]["slice_ids"])
+    # patient-level: no slice of a test patient in training or validation (ids from the pool's index)
+    from paal_ray.data.pool import Pool
+
+    index = Pool.open(yaml.safe_load((root / "config.yaml").read_text())["pool"]).index(["slice_id", "patient_id"])
+    patient = dict(zip(index.column("slice_id").to_pylist(), index.column("patient_id").to_pylist(), strict=True))
+    seen = {patient[s] for s in split["train_ids"] + split["val_ids"]}
+    assert seen and not seen & set(test["patients"])
+    assert {patient[s] for s in split["test"]["slice_ids"]} == set(test["patients"])
     assert not set(labelled(root)) & set(split["test"]["slice_ids"])
     assert 0 <= test["dice"] <= 1 and len(test["dice_per_class"]) == 4
     assert sorted(test["classes"]) == sorted(test["class_names"][1:]) and len(test["classes"]) == 3
@@ -131,25 +139,29 @@ def test_sigkill_in_training_and_before_label_ingest_then_resume(finished_run, r
     # The drivers attach to the test session's Ray (as `paal run` does to a cluster): starting a
     # local Ray in each would cost more than the rest of the test. Ray ends a dead driver's actors.
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
-    root = tmp_path / "run"
-    # 1. `paal run` killed by SIGKILL while round 0 trains (its first epoch checkpoint is on disk).
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "paal"), "run", "cpu", *tiny(phantom_pool, tmp_path)],
+    # Beside the finished run, in its folder: round 0 is adopted from it (trained identically), so
+    # the kills land in round 1, which continues from an init checkpoint (the round's own wins).
+    ws = finished_run.parent
+    root = ws / "killed"
+    # 1. `paal run` killed by SIGKILL while round 1 trains (its first epoch checkpoint is on disk).
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "paal"), "run", "cpu", *tiny(phantom_pool, ws, name="killed")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        _wait_for(lambda: any((root / "train" / "round-000").glob("checkpoint_*")), 900, proc, "a training checkpoint")
+        _wait_for(lambda: any((root / "train" / "round-001").glob("checkpoint_*")), 900, proc, "a training checkpoint")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         _kill_group(proc)
     assert RunState.load(RunPaths(root)).phase == "train"
-    # 2. Resume in a driver that is SIGKILLed after labelled.json took round 0's selection and
+    assert (root / "train" / "round-000-shared").is_dir() and not (root / "train" / "round-000").exists()  # adopted
+    # 2. Resume in a driver that is SIGKILLed after labelled.json took round 1's selection and
     #    before state.json recorded the ingest.
     script = (
         "import os, signal\n"
         "from paal_ray.runs.launch import launch\n"
         "def hook(point, state):\n"
-        "    if point == 'ingest:labelled' and state.round == 0:\n"
+        "    if point == 'ingest:labelled' and state.round == 1:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         f"launch(resume={str(root)!r}, hook=hook)\n"
     )
@@ -161,7 +173,7 @@ def test_sigkill_in_training_and_before_label_ingest_then_resume(finished_run, r
         _kill_group(proc)
     assert proc.returncode == -signal.SIGKILL, out
     state = RunState.load(RunPaths(root))
-    assert state.phase == "ingest" and len(labelled(root)) == 9
+    assert state.phase == "ingest" and len(labelled(root)) == 14
     # 3. Resume to the end (here, on the test session's Ray): the same run as the uninterrupted one.
     res = CliRunner().invoke(app, ["run", "--resume", str(root)])
     assert res.exit_code == 0, res.output
