@@ -53,8 +53,9 @@ PROTOCOL = """\
   volume in pixels of the 128 grid (the NIfTI files carry no true spacing).
 - **Folds and replicates.** The other 60 patients are cut into 5 folds by sorted patient id (12
   each); the held-out fold is the validation set (IQ, the paper's reported Dice). A replicate is a
-  fold (seed 0): folds 0-4 for PAAL and random, 0-2 for the other strategies; every strategy of a fold starts from the same split and the same seeded
-  initial set (5% of the training slices), so differences are paired.
+  fold (seed 0): folds 0-4 for PAAL and random, 0-2 for the other strategies; every strategy of a
+  fold starts from the same split and the same seeded initial set (5% of the training slices), so
+  differences are paired.
 - **Budget.** 10% of the training slices, T = 5 queries of b = floor((10% - 5%) N / 5) slices.
 - **Schedules (the paper's).** PAAL and PAAL (AP only) query by IQ (patience 10 epochs, min delta
   1e-3, the 2 warm-up epochs not counted, at most 15 epochs a round); random and max-entropy every
@@ -81,7 +82,7 @@ PROTOCOL = """\
   AdamW and its rates, augmentation, AP, WPS, K, n_init 10).
 - **Left out (for now).** Core-set, BADGE and the 20% budget (T = 15) of the paper's Table 2 are not
   run: on 2 CPU cores one AL loop takes 20-40 minutes and each labelled set 3 retrainings of ~8
-  minutes, and the compute went to replicates of the comparison that matters most (PAAL against
+  minutes, and the compute goes to replicates of the comparison that matters most (PAAL against
   random: 5 folds) and to the ablation (max-entropy, PAAL with the AP only: 3 folds). Both strategies
   exist (`strategy.name=coreset`, `badge`); a sweep over them is the same command with another grid.
 """
