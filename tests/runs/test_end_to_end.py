@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from paal_ray.atomic import read_jsonl
 from paal_ray.cli.main import app
+from paal_ray.data.pool import Pool
 from paal_ray.evaluation.report import table
 from paal_ray.runs.oracle import safe_name
 from paal_ray.runs.state import Labelled, RunPaths, RunState
@@ -88,8 +89,6 @@ def test_held_out_patients_judge_the_final_model(finished_run):
     assert len(test["patients"]) == 2 and test["patients"] == split["test"]["patients"]
     assert test["num_slices"] == 32 and test["num_volumes"] == 2 and test["image_size"] == [64, 64]
     # patient-level: no slice of a test patient in training or validation (ids from the pool's index)
-    from paal_ray.data.pool import Pool
-
     index = Pool.open(yaml.safe_load((root / "config.yaml").read_text())["pool"]).index(["slice_id", "patient_id"])
     patient = dict(zip(index.column("slice_id").to_pylist(), index.column("patient_id").to_pylist(), strict=True))
     seen = {patient[s] for s in split["train_ids"] + split["val_ids"]}

@@ -58,6 +58,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_the_final_phase_continues
     assert "lpl" in load_model_bundle(r.checkpoint).extensions
     dice = [e["val_dice"] for e in r.epochs]
     assert r.stopped_by == "max_epochs" and r.global_epoch == 6 and len(dice) == 6
+    assert [e["global_epoch"] for e in r.epochs] == [1, 2, 3, 4, 5, 6]  # the restart neither repeats nor skips
     assert max(dice[-2:]) > dice[0] + 0.15, dice
     assert {"lr", "train_loss", "ap_loss", "val_dice_per_class", "val_ap_mae"} <= set(r.epochs[0])
     assert r.epochs[0]["ap_loss"] is None and r.epochs[1]["ap_loss"] is not None  # AP silent in epoch 1
