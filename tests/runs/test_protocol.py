@@ -144,3 +144,11 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
     assert [t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in more] == [
         t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in trials[:4]]
     assert {t.config.cv.num_folds for t in more} == {5}
+    # The AP-on-validation variant (acdc-variant-apval): fold for fold acdc-comparison's PAAL run,
+    # with only train.ap_target changed, so each fold pairs with PAAL and random there.
+    apval = expand(load_sweep(REPO / "jobs/sweeps/acdc-variant-apval.yaml", sets))
+    paal = [t for t in trials[:6] if t.config.strategy.name == "paal"]
+    assert [t.values["cv.fold"] for t in apval] == [0, 1, 2] and {t.config.train.ap_target for t in apval} == {"validation"}
+    assert [t.config.model_dump(exclude={"name", "workspace", "train"}) for t in apval] == [
+        t.config.model_dump(exclude={"name", "workspace", "train"}) for t in paal]
+    assert [t.config.train.model_copy(update={"ap_target": "labelled"}) for t in apval] == [t.config.train for t in paal]

@@ -226,7 +226,7 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-    from acdc_results import PLANNED_FOLDS, _headline, _status
+    from acdc_results import APVAL, PLANNED_FOLDS, _headline, _status
 
     from paal_ray.sweeps.evidence_report import RunRef
 
@@ -239,7 +239,32 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     assert row.startswith("| max_entropy | fold=0: +0.0500, fold=1: +0.0500, fold=2: +0.0500 | 0.0500 ± 0.0000 | 3 of 3 |")
     assert next(line for line in md.splitlines() if line.startswith("| random | fold=")).count("+0.0500") == 5  # test Dice on folds 0-4
 
-    full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full") for f in range(3)]
+    full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full", APVAL) for f in range(3)]
     assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
     partial = _status([r for r in full if r.replicate != "fold=4"])[0]
     assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
+
+
+def test_while_retraining_goes_on_every_set_is_ranked_on_the_seeds_all_have():
+    """Seed 0 of every set first: the ranking keeps the sets with all three seeds; a second section
+    holds every set on seed 0 alone, and its PAAL-minus rows use seed 0's numbers only."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    from acdc_results import _headline, retrained_seeds
+
+    from paal_ray.sweeps.evidence_report import RunRef
+
+    refs = [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal", "random", "max_entropy") for f in range(2)]
+    seeds = {"paal": 3, "random": 3, "max_entropy": 1}
+    recs = [{"run": str(r.root), "seed": k, "variant": (), "val_dice": 0.7, "val_per_class": [1, 0.6, 0.7, 0.8],
+             "test_dice": {"paal": 0.8, "random": 0.75, "max_entropy": 0.78}[r.setting] + 0.1 * k}
+            for r in refs for k in range(seeds[r.setting])]
+    assert retrained_seeds(recs, refs, ()) == ((0, 1, 2), (0,))
+    assert retrained_seeds(recs, refs[:2], ()) == ((0, 1, 2), (0, 1, 2))
+    ranked = "\n".join(_headline(recs, refs, ()))
+    assert "max_entropy" not in ranked and "| paal | 2 | 0.7000 ± 0.0000 | 0.9000 ± 0.0000 |" in ranked
+    every = "\n".join(_headline(recs, refs, (), seeds=(0,)))
+    assert "retrained from seed 0 (" in every and "| paal | 2 | 0.7000 ± 0.0000 | 0.8000 ± 0.0000 |" in every
+    row = next(line for line in every.splitlines() if line.startswith("| max_entropy | fold="))
+    assert row.startswith("| max_entropy | fold=0: +0.0200, fold=1: +0.0200 | 0.0200 ± 0.0000 | 2 of 2 |")
