@@ -107,12 +107,40 @@ def _trial_dirname(trial) -> str:
 
 
 class StoppingASHA(AsyncHyperBandScheduler):
-    """ASHA that also says so in the run folder of each trial it stops (``stopped.json``)."""
+    """ASHA that also says so in the run folder of each trial it stops (``stopped.json``), and that
+    gets its record back on a resumed sweep (below)."""
 
     def __init__(self, root: str, metric_name: str, **kwargs):
         super().__init__(**kwargs)
         self._root = root
         self._metric_name = metric_name
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if n := self.replay(trial):
+            print(f"[sweep] ASHA's record: {trial}'s {n} earlier report(s) replayed", flush=True)
+
+    def replay(self, trial) -> int:
+        """Give ASHA back the rung values ``trial`` reported before this driver started.
+
+        ``Tuner.restore`` re-adds every restored trial but unpickles the scheduler as it was when the
+        sweep began, so its rungs would be empty and a resumed trial would be compared only with
+        trials that report after it. The trial's own ``result.json`` (Tune's record of each report)
+        holds what ASHA saw: replayed through the trial's bracket, the rungs are as they were (a
+        trial already judged at a rung is not judged there again). Returns the reports replayed."""
+        storage = getattr(trial, "storage", None)
+        if storage is None or not getattr(storage, "trial_dir_name", None):
+            return 0  # a trial Tune has just created: no folder yet (trial.path would raise)
+        folder = storage.trial_fs_path
+        if not folder or "://" in str(folder) or not (Path(folder) / "result.json").is_file():
+            return 0  # a new trial, or remote storage (not read here: the record starts afresh there)
+        bracket = self._trial_info[trial.trial_id]
+        n = 0
+        for rec in read_jsonl(Path(folder) / "result.json"):
+            if rec.get(self._time_attr) is not None and rec.get(self._metric) is not None:
+                bracket.on_result(trial, rec[self._time_attr], self._metric_op * rec[self._metric])
+                n += 1
+        return n
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
@@ -300,10 +328,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, echo: Callable[[st
     if tune.Tuner.can_restore(str(experiment)):
         echo(f"[sweep] resuming from {experiment}: finished and stopped trials are not run again")
         if spec.search and spec.search.asha:
-            # Tune restores the search algorithm's state but not the scheduler's (Tuner.restore
-            # unpickles the scheduler as it was when the sweep started), so ASHA's rungs are empty.
-            echo("[sweep] note: ASHA starts its record afresh on a resume: a trial is compared only with the "
-                 "trials that report after it")
+            # Tune restores the search algorithm's state but not the scheduler's: StoppingASHA
+            # replays each restored trial's reports (StoppingASHA.replay).
+            reported = sum(1 for p in experiment.glob("*/result.json") if p.stat().st_size)
+            echo(f"[sweep] ASHA's record is rebuilt from the reports of {reported} earlier trial(s)")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:

@@ -180,3 +180,43 @@ def test_tune_gets_the_concurrency_cap_asha_over_rounds_and_a_seeded_sampler(tmp
     plain = load_sweep(_spec(tmp_path, pool, search=None, grid={"seed": [0, 1]}))
     cfg, space = _tune_config(plain, expand(plain), tmp_path, concurrent=1)
     assert cfg.max_concurrent_trials == 1 and cfg.scheduler is None and "search" not in space
+
+
+def test_asha_gets_its_record_back_from_the_trials_reports_on_a_resume(tmp_path):
+    """Tune unpickles the scheduler as it was at the start: the rungs come back from each restored
+    trial's result.json, so a weak trial that reports after the resume is stopped against them."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from paal_ray.sweeps.tuner import METRIC, TIME_ATTR, StoppingASHA
+
+    def scheduler():
+        s = StoppingASHA(str(tmp_path), "auc", time_attr=TIME_ATTR, max_t=4, grace_period=1, reduction_factor=2,
+                         brackets=1, stop_last_trials=False)
+        s.set_search_properties(METRIC, "max")
+        return s
+
+    earlier = tmp_path / "t000"
+    earlier.mkdir()
+    (earlier / "result.json").write_text(
+        json.dumps({TIME_ATTR: 1, METRIC: 0.342, "round": 0}) + "\n" + '{"rounds_done": 2, "sco')  # a torn last line
+    def trial(name, folder):  # Tune's Trial as the scheduler reads it: a new trial has no folder name yet
+        return SimpleNamespace(trial_id=name, storage=SimpleNamespace(trial_dir_name=folder and folder.name,
+                                                                      trial_fs_path=str(folder)))
+
+    t000 = trial("t000", earlier)
+    t001 = trial("t001", tmp_path / "t001")  # nothing reported yet
+
+    fresh = scheduler()  # what Tune restores: no record
+    fresh.on_trial_add(None, trial("t000", None))
+    fresh.on_trial_add(None, t001)
+    assert fresh.on_trial_result(None, t001, {TIME_ATTR: 1, METRIC: 0.244}) == TrialScheduler.CONTINUE
+
+    resumed = scheduler()
+    resumed.on_trial_add(None, t000)
+    assert resumed.replay(t001) == 0
+    resumed.on_trial_add(None, t001)
+    assert resumed.on_trial_result(None, t001, {TIME_ATTR: 1, METRIC: 0.244}) == TrialScheduler.STOP
+    # the replayed trial was judged at that rung before the interruption: not judged there again
+    assert resumed.on_trial_result(None, t000, {TIME_ATTR: 1, METRIC: 0.0}) == TrialScheduler.CONTINUE
