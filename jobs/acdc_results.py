@@ -1,4 +1,4 @@
-"""Write docs/results/acdc.md from the ACDC comparison's run folders (issue 11).
+"""Write docs/results/acdc.md (or acdc-qlr.md: --page) from the ACDC comparison's run folders (issue 11).
 
     python jobs/acdc_results.py WORKSPACE/acdc-comparison WORKSPACE/acdc-ablation WORKSPACE/acdc-full --out docs/results
 
@@ -37,13 +37,20 @@ paal sweep jobs/sweeps/acdc-comparison.yaml --set pool=pools/acdc128   # PAAL, r
 paal sweep jobs/sweeps/acdc-comparison-more.yaml --set pool=pools/acdc128  # PAAL, random x folds 3-4
 paal sweep jobs/sweeps/acdc-ablation.yaml --set pool=pools/acdc128     # max-entropy, PAAL (AP only) x folds
 paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
-paal sweep jobs/sweeps/acdc-variant-apval.yaml --set pool=pools/acdc128  # beyond the paper: PAAL, AP on validation
+paal sweep jobs/sweeps/acdc-comparison-qlr.yaml --set pool=pools/acdc128  # acdc-qlr.md: query lr 1e-2, PAAL, random
+paal sweep jobs/sweeps/acdc-variant-apval.yaml --set pool=pools/acdc128    # acdc-qlr.md: PAAL, AP on validation
 python jobs/final_noise.py workspace/acdc-comparison*/* workspace/acdc-ablation/* workspace/acdc-variant-apval/* \\
     --seeds 0,1,2 --jobs 2 --set train.channels_last=true --set train.lr=0.003 --out final-noise.jsonl  # the ranking's final phase
-python jobs/acdc_results.py workspace/acdc-comparison* workspace/acdc-ablation workspace/acdc-variant-apval \\
+python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-comparison-more workspace/acdc-ablation \\
     workspace/acdc-full --out docs/results \\
-    --final-noise final-noise.jsonl --headline 'train.channels_last=true train.lr=0.003'
-```"""
+    --final-noise final-noise.jsonl --headline 'train.channels_last=true train.lr=0.003'          # acdc.md
+python jobs/acdc_results.py workspace/acdc-comparison-qlr workspace/acdc-variant-apval workspace/acdc-full \\
+    --page acdc-qlr --out docs/results --final-noise final-noise.jsonl \\
+    --headline 'train.channels_last=true train.lr=0.003'                                           # acdc-qlr.md
+```
+(`final_noise.py`'s `train.lr=0.003` is the final phase's peak lr for runs made before
+`schedule.final_lr`; the acdc-qlr runs have `final_lr: 0.003`, which the final phase uses whatever
+`train.lr` says, so the same command retrains every set alike.)"""
 
 
 PROTOCOL = """\
@@ -84,11 +91,6 @@ PROTOCOL = """\
   0.75, LV 0.92); on this protocol's folds 0-2 at the preset's 3e-3, the full-data runs reach test
   Dice 0.844 ± 0.007 (the "full" rows). The choice of 3e-3: the observations. Everything else is the paper's (losses,
   AdamW and its rates, augmentation, AP, WPS, K, n_init 10).
-- **Beyond the paper (its own row, `paal, ap_target validation`).** PAAL whose accuracy predictor
-  learns from the segmenter's eval-mode predictions on the validation slices, which the segmenter
-  never trains on (`train.ap_target=validation`): targets that measure generalisation error rather
-  than training error. Otherwise acdc-comparison's PAAL run, fold for fold (folds 0-2). A variant
-  to learn why PAAL does or does not beat random, not the paper's method.
 - **Left out (for now).** Core-set, BADGE and the 20% budget (T = 15) of the paper's Table 2 are not
   run: on 2 CPU cores one AL loop takes 20-40 minutes and each labelled set 3 retrainings of ~8
   minutes, and the compute goes to replicates of the comparison that matters most (PAAL against
@@ -98,16 +100,41 @@ PROTOCOL = """\
 
 
 # Folds per method (jobs/sweeps/acdc-*.yaml): 0-4 for the pair that matters most (acdc-comparison and
-# acdc-comparison-more), 0-2 for the ablation, the AP-on-validation variant and the full-data reference.
-PLANNED_FOLDS = {"paal": 5, "random": 5, APVAL: 3, "paal_ap_only": 3, "max_entropy": 3, "full": 3}
+# acdc-comparison-more), 0-2 for the ablation and the full-data reference.
+PLANNED_FOLDS = {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3}
+
+QLR_PROTOCOL = """\
+- **This page's change: the query rounds train at a peak lr of 1e-2** (`train.lr=0.01`,
+  jobs/sweeps/acdc-comparison-qlr.yaml), everything else as below. At the paper's 1e-3 (acdc.md)
+  this light model, from scratch on the 5% initial set, stays on a plateau where it segments the
+  myocardium only, so every strategy selects with a model that misses two of three structures and
+  PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of fold 0
+  trained on its own: at 1e-3 and 3e-3 still 0.20-0.21 validation Dice at epoch 30; at 1e-2 all
+  three structures by epoch 18 (0.59). A change beyond the paper, made so that selections are made
+  by a working model; the final phase (3e-3 from scratch, the same seeds for every strategy) is
+  unchanged, so the labelled set is still the only difference between two runs of a fold.
+- **Beyond the paper (its own row, `paal, ap_target validation`).** PAAL whose accuracy predictor
+  learns from the segmenter's eval-mode predictions on the validation slices, which the segmenter
+  never trains on (`train.ap_target=validation`, jobs/sweeps/acdc-variant-apval.yaml): targets that
+  measure generalisation error rather than training error. Otherwise this page's PAAL run, fold for
+  fold. A variant to learn why PAAL does or does not beat random, not the paper's method.
+"""
+
+# Each page: its title, its plan of folds per method, and what its protocol adds to PROTOCOL.
+PAGES = {
+    "acdc": ("ACDC: PAAL against random and uncertainty selection, judged on held-out patients",
+             PLANNED_FOLDS, ""),
+    "acdc-qlr": ("ACDC with a working query-phase model (query lr 1e-2): PAAL against random, judged on "
+                 "held-out patients", {"paal": 3, "random": 3, APVAL: 3}, QLR_PROTOCOL),
+}
 
 
-def _status(refs: list[RunRef]) -> list[str]:
+def _status(refs: list[RunRef], planned: dict[str, int] = PLANNED_FOLDS) -> list[str]:
     """Says plainly when the comparison is incomplete: fewer finished folds than planned for any
     method, or a method of the protocol missing."""
     counts = {s: sum(r.setting == s for r in refs) for s in ORDER if any(r.setting == s for r in refs)}
-    plan = ", ".join(f"{s} {n}" for s, n in PLANNED_FOLDS.items())
-    short = {s: counts.get(s, 0) for s, n in PLANNED_FOLDS.items() if counts.get(s, 0) < n}
+    plan = ", ".join(f"{s} {n}" for s, n in planned.items())
+    short = {s: counts.get(s, 0) for s, n in planned.items() if counts.get(s, 0) < n}
     if not short:
         return [f"**Status: complete** (folds per method: {plan}).", ""]
     have = ", ".join(f"{s} {n}" for s, n in counts.items())
@@ -294,6 +321,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+", type=Path, help="sweep folders (or any folders of run folders)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--page", choices=sorted(PAGES), default="acdc",
+                    help="which protocol's page: acdc (the paper's query lr) or acdc-qlr (query lr 1e-2); names "
+                         "the files written (PAGE.md, PAGE-curves.png, PAGE-evidence.png) and the plan of folds")
     ap.add_argument("--final-noise", type=Path, action="append", default=[],
                     help="JSON lines written by jobs/final_noise.py --out (repeatable): a section on the final phase "
                          "retrained from several seeds")
@@ -325,22 +355,25 @@ def main() -> None:
     versions = recorded[0] if recorded else {}
     commits = ", ".join(sorted({str(v.get("commit", "unrecorded"))[:12] for v in recorded})) or "unrecorded"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "acdc-curves.png", curves_png([r for r in runs if r.points and r.done]))
-    atomic_write_bytes(args.out / "acdc-evidence.png", evidence_png(done, pool.class_names))
+    title, planned, addendum = PAGES[args.page]
+    atomic_write_bytes(args.out / f"{args.page}-curves.png", curves_png([r for r in runs if r.points and r.done]))
+    atomic_write_bytes(args.out / f"{args.page}-evidence.png", evidence_png(done, pool.class_names))
+    protocol = PROTOCOL.replace("## Protocol\n\n", "## Protocol\n\n" + addendum) if addendum else PROTOCOL
     header = [
-        "# ACDC: PAAL against random and uncertainty selection, judged on held-out patients", "",
+        f"# {title}", "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python jobs/acdc_results.py` at commit `{source_commit()}` "
         f"from {len(runs)} run folders ({len(done)} finished; the runs' own commits: {commits}). Versions: "
         + ", ".join(f"{k} {versions[k]}" for k in ("ray", "torch", "segmentation-models-pytorch", "monai")
                     if k in versions) + ".", "",
-        *_status(done), PROTOCOL, "## Commands", "", COMMANDS, "",
+        *_status(done, planned), protocol, "## Commands", "", COMMANDS, "",
     ]
     table2 = [
         "## Table 2 layout, one final training per run (the runs' own final phases: for the record, not a ranking)", "",
         "Mean ± std over replicates, Dice in %. PAAL's and random's final phases here are the runs' own (peak lr "
         "1e-3, the fold's seed); the ranking is the comparison retrained from several seeds (its own section).", "",
         *_table2(done, finals, tests), "",
-        "![learning curves](acdc-curves.png)", "", "![AP consistency and annotation distribution](acdc-evidence.png)", "",
+        f"![learning curves]({args.page}-curves.png)", "",
+        f"![AP consistency and annotation distribution]({args.page}-evidence.png)", "",
     ]
     reference = "random" if any(r.setting == "random" for r in done) else None
     body = evidence_markdown(done, pool.class_names, reference)
@@ -370,7 +403,7 @@ def main() -> None:
         body += "\n" + "\n".join(noise)
     notes = ["", "## Observations (written by hand, not generated)", "", args.observations.read_text()] \
         if args.observations else []
-    path = atomic_write_text(args.out / "acdc.md", "\n".join(header) + body + "\n".join(notes))
+    path = atomic_write_text(args.out / f"{args.page}.md", "\n".join(header) + body + "\n".join(notes))
     print(f"written: {path}")
 
 

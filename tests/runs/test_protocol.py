@@ -144,10 +144,17 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
     assert [t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in more] == [
         t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in trials[:4]]
     assert {t.config.cv.num_folds for t in more} == {5}
-    # The AP-on-validation variant (acdc-variant-apval): fold for fold acdc-comparison's PAAL run,
+    # The query-phase-lr comparison (acdc-comparison-qlr): acdc-comparison's first six trials, the
+    # query rounds' peak lr alone changed (the final phase keeps its own lr).
+    qlr = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison-qlr.yaml", sets))
+    assert [t.config.train.lr for t in qlr] == [0.01] * 6 and {t.config.schedule.final_lr for t in qlr} == {0.003}
+    assert [t.config.model_dump(exclude={"name", "workspace"}) for t in qlr] == [
+        t.config.model_copy(update={"train": t.config.train.model_copy(update={"lr": 0.01})}).model_dump(
+            exclude={"name", "workspace"}) for t in trials[:6]]
+    # The AP-on-validation variant (acdc-variant-apval): fold for fold acdc-comparison-qlr's PAAL run,
     # with only train.ap_target changed, so each fold pairs with PAAL and random there.
     apval = expand(load_sweep(REPO / "jobs/sweeps/acdc-variant-apval.yaml", sets))
-    paal = [t for t in trials[:6] if t.config.strategy.name == "paal"]
+    paal = [t for t in qlr if t.config.strategy.name == "paal"]
     assert [t.values["cv.fold"] for t in apval] == [0, 1, 2] and {t.config.train.ap_target for t in apval} == {"validation"}
     assert [t.config.model_dump(exclude={"name", "workspace", "train"}) for t in apval] == [
         t.config.model_dump(exclude={"name", "workspace", "train"}) for t in paal]

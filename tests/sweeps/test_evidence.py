@@ -226,7 +226,7 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-    from acdc_results import APVAL, PLANNED_FOLDS, _headline, _status
+    from acdc_results import APVAL, PAGES, PLANNED_FOLDS, _headline, _status
 
     from paal_ray.sweeps.evidence_report import RunRef
 
@@ -239,10 +239,14 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     assert row.startswith("| max_entropy | fold=0: +0.0500, fold=1: +0.0500, fold=2: +0.0500 | 0.0500 ± 0.0000 | 3 of 3 |")
     assert next(line for line in md.splitlines() if line.startswith("| random | fold=")).count("+0.0500") == 5  # test Dice on folds 0-4
 
-    full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full", APVAL) for f in range(3)]
+    full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full") for f in range(3)]
     assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
     partial = _status([r for r in full if r.replicate != "fold=4"])[0]
     assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
+    # the acdc-qlr page plans 3 folds of PAAL, random and the AP-on-validation variant
+    qlr = [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("paal", "random", APVAL) for f in range(3)]
+    assert _status(qlr, PAGES["acdc-qlr"][1])[0].startswith("**Status: complete**")
+    assert "paal, ap_target validation 2" in _status(qlr[:-1], PAGES["acdc-qlr"][1])[0]
 
 
 def test_while_retraining_goes_on_every_set_is_ranked_on_the_seeds_all_have():
