@@ -108,9 +108,10 @@ QLR_PROTOCOL = """\
   jobs/sweeps/acdc-comparison-qlr.yaml), everything else as below. At the paper's 1e-3 (acdc.md)
   this light model, from scratch on the 5% initial set, stays on a plateau where it segments the
   myocardium only, so every strategy selects with a model that misses two of three structures and
-  PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of fold 0
-  trained on its own: at 1e-3 and 3e-3 still 0.20-0.21 validation Dice at epoch 30; at 1e-2 all
-  three structures by epoch 18 (0.59). A change beyond the paper, made so that selections are made
+  PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of each
+  fold trained on its own: fold 0 at 1e-3 and 3e-3 still 0.20-0.21 validation Dice at epoch 30; 3e-3
+  finds all three structures by epoch 18 in folds 1-2 only, 1e-2 by epoch 15-18 in all three folds
+  (0.46-0.59; acdc-observations.md). A change beyond the paper, made so that selections are made
   by a working model; the final phase (3e-3 from scratch, the same seeds for every strategy) is
   unchanged, so the labelled set is still the only difference between two runs of a fold.
 - **Beyond the paper (its own row, `paal, ap_target validation`).** PAAL whose accuracy predictor
