@@ -370,8 +370,9 @@ def main() -> None:
     ]
     table2 = [
         "## Table 2 layout, one final training per run (the runs' own final phases: for the record, not a ranking)", "",
-        "Mean ± std over replicates, Dice in %. PAAL's and random's final phases here are the runs' own (peak lr "
-        "1e-3, the fold's seed); the ranking is the comparison retrained from several seeds (its own section).", "",
+        "Mean ± std over replicates, Dice in %. The strategies' final phases here are the runs' own (peak lr "
+        f"{'3e-3 (schedule.final_lr)' if args.page == 'acdc-qlr' else '1e-3'}, the fold's seed); the ranking is the "
+        "comparison retrained from several seeds (its own section).", "",
         *_table2(done, finals, tests), "",
         f"![learning curves]({args.page}-curves.png)", "",
         f"![AP consistency and annotation distribution]({args.page}-evidence.png)", "",
