@@ -272,3 +272,33 @@ def test_while_retraining_goes_on_every_set_is_ranked_on_the_seeds_all_have():
     assert "retrained from seed 0 (" in every and "| paal | 2 | 0.7000 ± 0.0000 | 0.8000 ± 0.0000 |" in every
     row = next(line for line in every.splitlines() if line.startswith("| max_entropy | fold="))
     assert row.startswith("| max_entropy | fold=0: +0.0200, fold=1: +0.0200 | 0.0200 ± 0.0000 | 2 of 2 |")
+
+
+def test_round0_probe_trains_round_0_of_a_run_reproducibly_per_setting(blob_pool, tmp_path):
+    """jobs/round0_probe.py: round 0 of a run folder (its initial set, validation fold and round-0
+    seed) per --variant, validated every --every epochs: the same setting twice gives the same
+    curve, another learning rate another one, and a folder that is not a run is named."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = small_cfg(blob_pool, tmp_path / "runs", name="paal", reuse_round0="false")
+    RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+    run = tmp_path / "runs" / "paal"
+    initial = json.loads((run / "labelled.json").read_text())["initial"]
+
+    def probe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo / "jobs/round0_probe.py"), *args], capture_output=True,
+                              text=True, cwd=repo)
+
+    res = probe(str(run), "--epochs", "2", "--every", "1", "--threads", "1", "--variant", "model.image_size=32",
+                "--variant", "model.image_size=32,train.lr=0.05", "--variant", "model.image_size=32")
+    assert res.returncode == 0, res.stderr
+    a, b, c = (json.loads(line) for line in res.stdout.splitlines())
+    assert [p[0] for p in a["curve"]] == [1, 2] and a["labelled"] == len(initial) == 3
+    assert all(0 <= p[1] <= 1 and len(p[2]) == 2 for p in a["curve"])  # mean and per foreground class
+    assert c["curve"] == a["curve"] and b["set"] == ["model.image_size=32", "train.lr=0.05"]
+    assert b["curve"] != a["curve"]
+    bad = probe(str(tmp_path / "runs"))
+    assert bad.returncode != 0 and "config.yaml: missing (not a started run folder)" in bad.stderr
