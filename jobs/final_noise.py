@@ -47,17 +47,27 @@ def _slices(pool, ids: list[str], size: int):
                   list(decode_labels(batch, size).astype("uint8")))
 
 
+def cpu_engine(cfg, pool, seed: int):
+    """The training engine every Ray Train worker runs, here in this process on the CPU (no
+    extension): what a round or final phase of the run trains, from ``seed``'s weights."""
+    import torch
+
+    from paal_ray.models.bundle import ModelSpec
+    from paal_ray.training import extensions
+    from paal_ray.training.engine import RoundEngine
+
+    return RoundEngine(cfg, ModelSpec.from_config(cfg.model, pool.channels, pool.num_classes), extensions.get(None),
+                       torch.device("cpu"), seed=seed)
+
+
 def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_every: int,
             threads: int | None = None) -> dict:
     import torch
 
     from paal_ray.config import load_config
     from paal_ray.data.pool import Pool
-    from paal_ray.models.bundle import ModelSpec
     from paal_ray.runs.machine import _SEED_FINAL  # the final phase's fresh weights, as a run draws them
     from paal_ray.runs.splits import derive_seed
-    from paal_ray.training import extensions
-    from paal_ray.training.engine import RoundEngine
 
     cfg = load_config(run / "config.yaml", overrides)
     sc, size = cfg.schedule, cfg.model.image_size
@@ -72,8 +82,7 @@ def retrain(run: Path, seed: int, overrides: list[str], epochs: int | None, val_
     if threads or cfg.scaling.train_threads:
         torch.set_num_threads(threads or cfg.scaling.train_threads)
     n_epochs = epochs or sc.final_epochs
-    eng = RoundEngine(cfg, ModelSpec.from_config(cfg.model, pool.channels, pool.num_classes), extensions.get(None),
-                      torch.device("cpu"), seed=derive_seed(seed, cfg.cv.fold, _SEED_FINAL))
+    eng = cpu_engine(cfg, pool, derive_seed(seed, cfg.cv.fold, _SEED_FINAL))
     eng.lr_window = (0, sc.final_warmup_epochs, sc.final_epochs)
     data, curve, t0 = eng.to_device(train), [], time.time()
     for g in range(n_epochs):

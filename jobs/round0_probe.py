@@ -24,16 +24,12 @@ from pathlib import Path
 
 
 def probe(run: Path, overrides: list[str], epochs: int, every: int) -> dict:
-    import torch
-    from final_noise import _slices  # jobs/, this script's folder, is on sys.path
+    from final_noise import _slices, cpu_engine  # jobs/, this script's folder, is on sys.path
 
     from paal_ray.config import load_config
     from paal_ray.data.pool import Pool
-    from paal_ray.models.bundle import ModelSpec
     from paal_ray.runs.machine import _SEED_TRAIN  # round r's training seed, as a run draws it
     from paal_ray.runs.splits import derive_seed
-    from paal_ray.training import extensions
-    from paal_ray.training.engine import RoundEngine
 
     cfg = load_config(run / "config.yaml", overrides)
     split = json.loads((run / "split.json").read_text())
@@ -41,8 +37,7 @@ def probe(run: Path, overrides: list[str], epochs: int, every: int) -> dict:
     pool = Pool.open(cfg.pool)
     size = cfg.model.image_size
     train, val = _slices(pool, initial, size), _slices(pool, split["val_ids"], size)
-    eng = RoundEngine(cfg, ModelSpec.from_config(cfg.model, pool.channels, pool.num_classes), extensions.get(None),
-                      torch.device("cpu"), seed=derive_seed(cfg.seed, cfg.cv.fold, _SEED_TRAIN, 0))
+    eng = cpu_engine(cfg, pool, derive_seed(cfg.seed, cfg.cv.fold, _SEED_TRAIN, 0))
     data, curve, t0 = eng.to_device(train), [], time.time()
     for epoch in range(epochs):
         eng.train_epoch(data, epoch)
