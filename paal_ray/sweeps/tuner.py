@@ -228,6 +228,22 @@ def trial_footprint(trials: list[Trial], trial_cpus: float) -> dict[str, float]:
     return need
 
 
+def thread_warning(trials: list[Trial], concurrent: int, cluster_cpus: float) -> str | None:
+    """A warning when trials that run at once would start more torch threads than the cluster has
+    CPUs. ``scaling.train_threads`` above the reserved CPUs suits a run alone on its machine; beside
+    another such training, threads that outnumber the cores stall at every parallel region, waiting
+    for a descheduled partner (measured on 2 cores: a 2-thread training beside another 2-thread one
+    took 28-31 s an epoch; with its neighbour at 1 thread, 10-14 s)."""
+    threads = max(max(t.config.scaling.num_workers * (t.config.scaling.train_threads or t.config.scaling.cpus_per_worker),
+                      t.config.scaling.score_actors * (t.config.scaling.score_threads or 1)) for t in trials)
+    if concurrent < 2 or concurrent * threads <= cluster_cpus:
+        return None
+    return (f"[sweep] warning: {concurrent} trials at a time with up to {threads} torch thread(s) each "
+            f"({concurrent * threads} on {cluster_cpus:g} CPUs): threads that outnumber the cores wait on each other "
+            "and every trial slows down several times over. Set scaling.train_threads (and scaling.score_threads) "
+            "to at most the CPUs each worker reserves, or lower max_concurrent.")
+
+
 def trials_that_fit(footprint: dict[str, float], cluster: dict[str, float]) -> int:
     """How many trials of ``footprint`` the cluster holds at once (0: not even one)."""
     fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in footprint.items() if v > 0]
@@ -320,6 +336,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, echo: Callable[[st
              f"once: running {concurrent} at a time")
     n = len(trials) * (spec.search.num_samples if spec.search else 1)
     echo(f"[sweep] {spec.name}: {n} trial(s), {concurrent} at a time (each needs {need} at its peak), in {root}")
+    if warning := thread_warning(trials, concurrent, ray.cluster_resources().get("CPU", 0.0)):
+        echo(warning)
     runs = {t.name: t.config.model_dump(mode="json") for t in trials}
     metric = spec.search.metric if spec.search else "final"
     trainable = tune.with_resources(tune.with_parameters(_trial, runs=runs, metric=metric),

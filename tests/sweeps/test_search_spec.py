@@ -100,6 +100,21 @@ def test_a_trial_declares_its_peak_and_concurrency_is_capped_by_what_fits(tmp_pa
     assert trials_that_fit(need, {"CPU": 64.0, "GPU": 8.0}) == 4 and trials_that_fit(need, {"CPU": 64.0}) == 0
 
 
+def test_trials_at_once_with_more_torch_threads_than_cpus_are_warned_about(tmp_path, pool):
+    from paal_ray.sweeps.tuner import thread_warning
+
+    base = [f"pool={pool}", f"workspace={tmp_path}"]
+    two = expand(load_sweep(_spec(tmp_path, pool, set=[*base, "scaling.train_threads=2"])))
+    warning = thread_warning(two, 2, 2.0)
+    assert warning and "2 trials at a time with up to 2 torch thread(s) each (4 on 2 CPUs)" in warning
+    assert thread_warning(two, 1, 2.0) is None  # alone on the machine: its threads are its own
+    assert thread_warning(two, 2, 4.0) is None  # 4 threads on 4 CPUs
+    one = expand(load_sweep(_spec(tmp_path, pool, set=base)))  # Ray's default: a thread per reserved CPU
+    assert thread_warning(one, 2, 2.0) is None
+    scoring = expand(load_sweep(_spec(tmp_path, pool, set=[*base, "scaling.score_threads=3"])))
+    assert "up to 3 torch thread(s)" in thread_warning(scoring, 2, 4.0)
+
+
 def test_optuna_searches_within_each_grid_combination_and_survives_a_restore(tmp_path):
     pytest.importorskip("optuna")
     from ray import tune
