@@ -20,6 +20,7 @@ from paal_ray.models import load_model_bundle
 from paal_ray.training import RoundSpec, train_round
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # Ray Train runs: ~25 s each on 2 cores, before any epoch
 
 
 def _spec(pool: Path, tmp: Path, name: str, *overrides: str, **kw) -> RoundSpec:
