@@ -151,6 +151,13 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
     assert [t.config.model_dump(exclude={"name", "workspace"}) for t in qlr] == [
         t.config.model_copy(update={"train": t.config.train.model_copy(update={"lr": 0.01})}).model_dump(
             exclude={"name", "workspace"}) for t in trials[:6]]
+    # Its folds 3 and 4 (acdc-comparison-qlr-more): the same protocol, only the fold differs.
+    qmore = expand(load_sweep(REPO / "jobs/sweeps/acdc-comparison-qlr-more.yaml", sets))
+    assert [(t.values["cv.fold"], t.config.strategy.name) for t in qmore] == [
+        (3, "paal"), (3, "random"), (4, "paal"), (4, "random")]
+    assert [t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in qmore] == [
+        t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in qlr[:4]]
+    assert [t.config.cv for t in qmore] == [t.config.cv for t in more]
     # The AP-on-validation variant (acdc-variant-apval): fold for fold acdc-comparison-qlr's PAAL run,
     # with only train.ap_target changed, so each fold pairs with PAAL and random there.
     apval = expand(load_sweep(REPO / "jobs/sweeps/acdc-variant-apval.yaml", sets))

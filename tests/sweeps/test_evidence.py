@@ -243,10 +243,12 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
     partial = _status([r for r in full if r.replicate != "fold=4"])[0]
     assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
-    # the acdc-qlr page plans 3 folds of PAAL, random and the AP-on-validation variant
-    qlr = [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("paal", "random", APVAL) for f in range(3)]
+    # the acdc-qlr page plans 5 folds of PAAL and random, 3 of the AP-on-validation variant
+    qlr = [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("paal", "random") for f in range(5)]
+    qlr += [RunRef(Path(f"/q/v{f}"), APVAL, f"fold={f}") for f in range(3)]
     assert _status(qlr, PAGES["acdc-qlr"][1])[0].startswith("**Status: complete**")
     assert "paal, ap_target validation 2" in _status(qlr[:-1], PAGES["acdc-qlr"][1])[0]
+    assert "random 4" in _status([r for r in qlr if r.root.name != "random4"], PAGES["acdc-qlr"][1])[0]
 
 
 def test_while_retraining_goes_on_every_set_is_ranked_on_the_seeds_all_have():
