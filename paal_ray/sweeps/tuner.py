@@ -234,8 +234,9 @@ def thread_warning(trials: list[Trial], concurrent: int, cluster_cpus: float) ->
     another such training, threads that outnumber the cores stall at every parallel region, waiting
     for a descheduled partner (measured on 2 cores: a 2-thread training beside another 2-thread one
     took 28-31 s an epoch; with its neighbour at 1 thread, 10-14 s)."""
-    threads = max(max(t.config.scaling.num_workers * (t.config.scaling.train_threads or t.config.scaling.cpus_per_worker),
-                      t.config.scaling.score_actors * (t.config.scaling.score_threads or 1)) for t in trials)
+    scalings = [t.config.scaling for t in trials]
+    threads = max(max(sc.num_workers * (sc.train_threads or sc.cpus_per_worker),
+                      sc.score_actors * (sc.score_threads or 1)) for sc in scalings)
     if concurrent < 2 or concurrent * threads <= cluster_cpus:
         return None
     return (f"[sweep] warning: {concurrent} trials at a time with up to {threads} torch thread(s) each "
