@@ -4,7 +4,9 @@
 
 Reads only finished run folders (config.yaml, metrics.jsonl, labelled.json, test.json, the rounds'
 ap_health.parquet) and writes acdc.md, acdc-curves.png and acdc-evidence.png into --out. Every
-number on the page comes from those folders; the page names the commit and the commands.
+number on the page comes from those folders; the page names the commit and the commands. The
+folders can be a workspace's or their copies in docs/results/runs (jobs/archive_runs.py: the same
+files less the weights), with ``--pool`` naming the pool on this machine.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from final_noise import variant as retrain_variant  # jobs/, this script's folder, is on sys.path
+from archive_runs import run_key  # jobs/, this script's folder, is on sys.path
+from final_noise import variant as retrain_variant
 
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
@@ -45,8 +48,11 @@ python jobs/final_noise.py workspace/acdc-comparison*/* workspace/acdc-ablation/
 python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-comparison-more workspace/acdc-ablation \\
     workspace/acdc-full --out docs/results \\
     --final-noise final-noise.jsonl --headline 'train.channels_last=true train.lr=0.003'          # acdc.md
-python jobs/acdc_results.py workspace/acdc-comparison-qlr workspace/acdc-comparison-qlr-more workspace/acdc-variant-apval workspace/acdc-full \\
-    --page acdc-qlr --out docs/results --final-noise final-noise.jsonl \\
+python jobs/archive_runs.py workspace/acdc-comparison-qlr workspace/acdc-comparison-qlr-more workspace/acdc-variant-apval \\
+    workspace/acdc-full --out docs/results/runs --final-noise final-noise.jsonl   # the finished runs less weights, committed
+python jobs/acdc_results.py docs/results/runs/acdc-comparison-qlr docs/results/runs/acdc-comparison-qlr-more \\
+    docs/results/runs/acdc-variant-apval docs/results/runs/acdc-full --pool pools/acdc128 \\
+    --page acdc-qlr --out docs/results --final-noise docs/results/runs/final-noise.jsonl \\
     --headline 'train.channels_last=true train.lr=0.003'                                           # acdc-qlr.md
 ```
 (`final_noise.py`'s `train.lr=0.003` is the final phase's peak lr for runs made before
@@ -178,10 +184,11 @@ def _load_noise(paths: list[Path]) -> list[dict]:
 
 
 def _per_run(rows: list[dict]) -> dict[str, dict]:
-    """Per run folder: its seeds' validation and test Dice, their means, and how many lost the RV."""
+    """Per run (by its sweep and name, so that a workspace's folders and their archived copies match
+    alike): its seeds' validation and test Dice, their means, and how many lost the RV."""
     out = {}
-    for run in {r["run"] for r in rows}:
-        rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["seed"])
+    for run in {run_key(r["run"]) for r in rows}:
+        rs = sorted((r for r in rows if run_key(r["run"]) == run), key=lambda r: r["seed"])
         val = np.array([r["val_dice"] for r in rs])
         test = np.array([r.get("test_dice", np.nan) for r in rs])
         out[run] = {"val": val, "test": test, "seeds": tuple(r["seed"] for r in rs),
@@ -193,7 +200,7 @@ def retrained_seeds(recs: list[dict], refs: list[RunRef], variant: tuple[str, ..
     """The seeds of the ranking (the most any finished run's set was retrained from) and the seeds
     that every retrained set of these runs has (what a section over all of them can use while the
     retraining is still going: it runs seed 0 of every set first)."""
-    roots = {str(r.root) for r in refs}
+    roots = {run_key(r.root) for r in refs}
     per_run = [v["seeds"] for run, v in _per_run([r for r in recs if r["variant"] == variant]).items() if run in roots]
     if not per_run:
         return (), ()
@@ -212,7 +219,7 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
     per_run = _per_run(rows)
     seeds = seeds if seeds is not None else max((v["seeds"] for v in per_run.values()), key=len, default=())
     runs = {run: v for run, v in per_run.items() if v["seeds"] == seeds}  # every set from the same seeds
-    paired = [r for r in refs if str(r.root) in runs]
+    paired = [r for r in refs if run_key(r.root) in runs]
     label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
     if not paired:
         return []
@@ -232,7 +239,7 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
     for r in paired:
         by_setting.setdefault(r.setting, []).append(r)
     for s in sorted(by_setting, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
-        vs = [runs[str(r.root)] for r in by_setting[s]]
+        vs = [runs[run_key(r.root)] for r in by_setting[s]]
         val, test = [v["val"].mean() for v in vs], [v["test"].mean() for v in vs]
         sd_v = np.mean([v["val"].std(ddof=1) for v in vs]) if len(seeds) > 1 else np.nan
         sd_t = np.mean([v["test"].std(ddof=1) for v in vs]) if len(seeds) > 1 else np.nan
@@ -247,7 +254,7 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
                 "| validation Dice, per replicate | mean ± std | PAAL wins |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         def paal_minus(b: str, key: str) -> list[str]:  # per replicate, mean ± std, wins
-            values = {(r.setting, r.replicate): float(runs[str(r.root)][key].mean()) for r in paired}
+            values = {(r.setting, r.replicate): float(runs[run_key(r.root)][key].mean()) for r in paired}
             values = {k: v for k, v in values.items() if np.isfinite(v)}  # runs without a test set
             diffs = next((p for p in paired_differences(values, b) if p.setting == "paal"), None)
             if diffs is None or not diffs.diffs:
@@ -257,7 +264,7 @@ def _headline(recs: list[dict], refs: list[RunRef], variant: tuple[str, ...],
                     f"{sum(x > 0 for x in d)} of {len(d)}"]
 
         for b in sorted(baselines, key=lambda s: (ORDER.index(s) if s in ORDER else 99, s)):
-            noise = _difference_se([runs[str(r.root)]["test"] for r in paired if r.setting in ("paal", b)])
+            noise = _difference_se([runs[run_key(r.root)]["test"] for r in paired if r.setting in ("paal", b)])
             cells = [*paal_minus(b, "test"), _num(noise), *paal_minus(b, "val")]
             out.append(f"| {b} | " + " | ".join(cells) + " |")
         out.append("")
@@ -290,14 +297,14 @@ def _final_noise(recs: list[dict], refs: list[RunRef]) -> list[str]:
     (the settings it changed)."""
     if not recs:
         return []
-    setting = {str(r.root): (r.setting, r.replicate) for r in refs}
+    setting = {run_key(r.root): (r.setting, r.replicate) for r in refs}
     out = ["## Final phase retrained from several seeds: every variant measured", "",
            "Each finished run's final phase trained again in one process (`python jobs/final_noise.py RUN --seeds ...`): "
            "the run's labelled set, validation and test slices, schedule and model, fresh weights from seed k "
            "(k = 0 with the run's own settings reproduces its final model). Last epoch's Dice. *RV lost*: seeds whose final model "
            "segments no right ventricle on the validation patients (RV Dice < 0.05).", ""]
     for variant in sorted({r["variant"] for r in recs}):
-        rows = [r for r in recs if r["variant"] == variant and r["run"] in setting]
+        rows = [r for r in recs if r["variant"] == variant and run_key(r["run"]) in setting]
         if not rows:
             continue
         label = ", ".join(f"`{v}`" for v in variant) or "as the runs"
@@ -333,6 +340,9 @@ def main() -> None:
     ap.add_argument("--headline", default=None,
                     help="the --final-noise variant that ranks the strategies, as its --set overrides joined by "
                          "spaces (e.g. 'train.channels_last=true train.lr=0.003'): its own section, mean over seeds")
+    ap.add_argument("--pool", type=Path, default=None,
+                    help="the runs' pool (default: the path in the first run's config.yaml; archived runs name the "
+                         "machine they ran on): its class names and the annotation distribution's reference")
     ap.add_argument("--observations", type=Path, default=None,
                     help="a hand-written Markdown file appended under 'Observations' (what the tables do not say)")
     args = ap.parse_args()
@@ -353,7 +363,7 @@ def main() -> None:
             recs = [m for m in metrics if m.get("kind") == kind]
             if recs:
                 into[r.root] = recs[-1]
-    pool = Pool.open(yaml.safe_load(RunPaths(runs[0].root).config.read_text())["pool"])
+    pool = Pool.open(args.pool or yaml.safe_load(RunPaths(runs[0].root).config.read_text())["pool"])
     recorded = [json.loads(RunPaths(r.root).versions.read_text()) for r in runs if RunPaths(r.root).versions.is_file()]
     versions = recorded[0] if recorded else {}
     commits = ", ".join(sorted({str(v.get("commit", "unrecorded"))[:12] for v in recorded})) or "unrecorded"

@@ -304,3 +304,67 @@ def test_round0_probe_trains_round_0_of_a_run_reproducibly_per_setting(blob_pool
     assert b["curve"] != a["curve"]
     bad = probe(str(tmp_path / "runs"))
     assert bad.returncode != 0 and "config.yaml: missing (not a started run folder)" in bad.stderr
+
+
+def test_archived_runs_keep_the_evidence_without_the_weights_and_give_the_same_page(blob_pool, tmp_path):
+    """jobs/archive_runs.py copies finished run folders less train/ (weights) into an archive, keys the
+    retraining records by sweep/run, leaves unfinished runs out, and jobs/acdc_results.py writes the
+    same ranking from the archive as from the workspace (the machine holding a workspace can be lost)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    runs = tmp_path / "ws" / "sweep-a"
+    for name in ("paal", "random"):
+        cfg = small_cfg(blob_pool, runs, name=name, reuse_round0="false", **{"strategy.name": name})
+        RunMachine.create(cfg, services=fake_services(), echo=lambda s: None).run()
+        (runs / name / "train" / "round-000").mkdir(parents=True, exist_ok=True)
+        (runs / name / "train" / "round-000" / "model.pt").write_bytes(b"weights")
+    unfinished = small_cfg(blob_pool, runs, name="unfinished", reuse_round0="false")
+    RunMachine.create(unfinished, services=fake_services(), echo=lambda s: None)  # init only: not done
+    noise = tmp_path / "noise.jsonl"
+    recs = [{"run": str(runs / name), "seed": seed, "set": ["train.lr=0.003", "scaling.train_threads=1"], "epochs": 2,
+             "labelled": 15, "val_dice": v, "val_per_class": [0.9, v, v], "test_dice": v - 0.1, "curve": [],
+             "seconds": 1.0}
+            for name, base in (("paal", 0.6), ("random", 0.5)) for seed, v in ((0, base), (1, base + 0.02))]
+    recs.append({**recs[0], "run": "/elsewhere/other-sweep/paal"})  # not archived: not kept
+    noise.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    archive = tmp_path / "archive"
+    cmd = [sys.executable, str(repo / "jobs/archive_runs.py"), str(runs), "--out", str(archive), "--final-noise", str(noise)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert "2 finished run(s) archived; not finished, left out: unfinished" in res.stdout
+    assert sorted(p.name for p in (archive / "sweep-a").iterdir()) == ["paal", "random"]
+    for name in ("paal", "random"):
+        kept = {p.relative_to(archive / "sweep-a" / name) for p in (archive / "sweep-a" / name).rglob("*") if p.is_file()}
+        assert not any(k.parts[0] == "train" for k in kept)
+        assert {Path("state.json"), Path("labelled.json"), Path("metrics.jsonl"), Path("config.yaml")} <= kept
+        assert any(k.name == "selection.parquet" for k in kept)
+        for k in kept:
+            assert (archive / "sweep-a" / name / k).read_bytes() == (runs / name / k).read_bytes()
+    merged = [json.loads(line) for line in (archive / "final-noise.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["seed"]) for r in merged] == [("sweep-a/paal", 0), ("sweep-a/paal", 1),
+                                                       ("sweep-a/random", 0), ("sweep-a/random", 1)]
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)  # archiving twice adds nothing
+    assert again.returncode == 0 and "0 retraining record(s) added" in again.stdout
+    assert len((archive / "final-noise.jsonl").read_text().splitlines()) == 4
+
+    def headline(folder: Path, records: Path) -> str:
+        out = tmp_path / f"page-{folder.parent.name}"
+        page = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(folder), "--out", str(out),
+                               "--final-noise", str(records), "--headline", "train.lr=0.003", "--pool", str(blob_pool)],
+                              capture_output=True, text=True, cwd=repo)
+        assert page.returncode == 0, page.stderr
+        md = (out / "acdc.md").read_text()
+        return md[md.index("## The comparison"):md.index("## Table 2 layout")]
+
+    from_archive = headline(archive / "sweep-a", archive / "final-noise.jsonl")
+    assert from_archive == headline(runs, noise)
+    assert "| paal | 1 | 0.6100 | 0.5100 |" in from_archive and ": +0.1000 | " in from_archive
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run": "x"}\n')
+    res = subprocess.run([*cmd[:-1], str(bad)], capture_output=True, text=True, cwd=repo)
+    assert res.returncode != 0 and f"{bad}:1: not a jobs/final_noise.py record" in res.stderr
