@@ -41,6 +41,7 @@ paal sweep jobs/sweeps/acdc-comparison-more.yaml --set pool=pools/acdc128  # PAA
 paal sweep jobs/sweeps/acdc-ablation.yaml --set pool=pools/acdc128     # max-entropy, PAAL (AP only) x folds
 paal sweep jobs/sweeps/acdc-full.yaml --set pool=pools/acdc128         # the full-data reference per fold
 paal sweep jobs/sweeps/acdc-comparison-qlr.yaml --set pool=pools/acdc128  # acdc-qlr.md: query lr 1e-2, PAAL, random
+paal sweep jobs/sweeps/acdc-ablation-qlr.yaml --set pool=pools/acdc128    # acdc-qlr.md: max-entropy, PAAL (AP only)
 paal sweep jobs/sweeps/acdc-variant-apval.yaml --set pool=pools/acdc128    # acdc-qlr.md: PAAL, AP on validation
 paal sweep jobs/sweeps/acdc-comparison-qlr-more.yaml --set pool=pools/acdc128  # acdc-qlr.md: folds 3-4
 python jobs/final_noise.py workspace/acdc-comparison*/* workspace/acdc-ablation/* workspace/acdc-variant-apval/* \\
@@ -48,10 +49,13 @@ python jobs/final_noise.py workspace/acdc-comparison*/* workspace/acdc-ablation/
 python jobs/acdc_results.py workspace/acdc-comparison workspace/acdc-comparison-more workspace/acdc-ablation \\
     workspace/acdc-full --out docs/results \\
     --final-noise final-noise.jsonl --headline 'train.channels_last=true train.lr=0.003'          # acdc.md
-python jobs/archive_runs.py workspace/acdc-comparison-qlr workspace/acdc-comparison-qlr-more workspace/acdc-variant-apval \\
-    workspace/acdc-full --out docs/results/runs --final-noise final-noise.jsonl   # the finished runs less weights, committed
+python jobs/final_noise.py workspace/acdc-ablation-qlr/* --seeds 0,1,2 --set train.channels_last=true \\
+    --set train.lr=0.003 --out final-noise.jsonl                                                   # the same for its ablation
+python jobs/archive_runs.py workspace/acdc-comparison-qlr workspace/acdc-comparison-qlr-more workspace/acdc-ablation-qlr \\
+    workspace/acdc-variant-apval workspace/acdc-full --out docs/results/runs \\
+    --final-noise final-noise.jsonl                                                                # the finished runs less weights, committed
 python jobs/acdc_results.py docs/results/runs/acdc-comparison-qlr docs/results/runs/acdc-comparison-qlr-more \\
-    docs/results/runs/acdc-variant-apval docs/results/runs/acdc-full --pool pools/acdc128 \\
+    docs/results/runs/acdc-ablation-qlr docs/results/runs/acdc-variant-apval docs/results/runs/acdc-full --pool pools/acdc128 \\
     --page acdc-qlr --out docs/results --final-noise docs/results/runs/final-noise.jsonl \\
     --headline 'train.channels_last=true train.lr=0.003'                                           # acdc-qlr.md
 ```
@@ -112,8 +116,8 @@ PLANNED_FOLDS = {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "f
 
 QLR_PROTOCOL = """\
 - **This page's change: the query rounds train at a peak lr of 1e-2** (`train.lr=0.01`,
-  jobs/sweeps/acdc-comparison-qlr.yaml for folds 0-2, acdc-comparison-qlr-more.yaml for folds 3-4),
-  everything else as below. At the paper's 1e-3 (acdc.md)
+  jobs/sweeps/acdc-comparison-qlr.yaml: PAAL and random, folds 0-2; acdc-comparison-qlr-more.yaml: folds
+  3-4; acdc-ablation-qlr.yaml: max-entropy and PAAL (AP only), folds 0-2), everything else as below. At the paper's 1e-3 (acdc.md)
   this light model, from scratch on the 5% initial set, stays on a plateau where it segments the
   myocardium only, so every strategy selects with a model that misses two of three structures and
   PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of each
@@ -133,8 +137,9 @@ QLR_PROTOCOL = """\
 PAGES = {
     "acdc": ("ACDC: PAAL against random and uncertainty selection, judged on held-out patients",
              PLANNED_FOLDS, ""),
-    "acdc-qlr": ("ACDC with a working query-phase model (query lr 1e-2): PAAL against random, judged on "
-                 "held-out patients", {"paal": 5, "random": 5, APVAL: 3}, QLR_PROTOCOL),
+    "acdc-qlr": ("ACDC with a working query-phase model (query lr 1e-2): PAAL against random and "
+                 "uncertainty selection, judged on held-out patients", {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3, APVAL: 3},
+                 QLR_PROTOCOL),
 }
 
 

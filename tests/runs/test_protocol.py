@@ -158,6 +158,11 @@ def test_the_acdc_comparison_sweeps_pair_every_strategy_on_each_fold(blob_pool, 
     assert [t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in qmore] == [
         t.config.model_dump(exclude={"name", "workspace", "cv"}) for t in qlr[:4]]
     assert [t.config.cv for t in qmore] == [t.config.cv for t in more]
+    # The ablation on that protocol (acdc-ablation-qlr): acdc-ablation's trials, the same lr change.
+    aqlr = expand(load_sweep(REPO / "jobs/sweeps/acdc-ablation-qlr.yaml", sets))
+    assert [t.config.model_dump(exclude={"name", "workspace"}) for t in aqlr] == [
+        t.config.model_copy(update={"train": t.config.train.model_copy(update={"lr": 0.01})}).model_dump(
+            exclude={"name", "workspace"}) for t in ablation]
     # The AP-on-validation variant (acdc-variant-apval): fold for fold acdc-comparison-qlr's PAAL run,
     # with only train.ap_target changed, so each fold pairs with PAAL and random there.
     apval = expand(load_sweep(REPO / "jobs/sweeps/acdc-variant-apval.yaml", sets))
