@@ -138,8 +138,8 @@ PAGES = {
     "acdc": ("ACDC: PAAL against random and uncertainty selection, judged on held-out patients",
              PLANNED_FOLDS, ""),
     "acdc-qlr": ("ACDC with a working query-phase model (query lr 1e-2): PAAL against random and "
-                 "uncertainty selection, judged on held-out patients", {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3, APVAL: 3},
-                 QLR_PROTOCOL),
+                 "uncertainty selection, judged on held-out patients",
+                 {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3, APVAL: 3}, QLR_PROTOCOL),
 }
 
 

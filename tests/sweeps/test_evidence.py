@@ -243,8 +243,12 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
     partial = _status([r for r in full if r.replicate != "fold=4"])[0]
     assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
-    # the acdc-qlr page plans 5 folds of PAAL and random, 3 of the AP-on-validation variant
+    # the acdc-qlr page plans 5 folds of PAAL and random, 3 of the ablation, full data and the
+    # AP-on-validation variant
     qlr = [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("paal", "random") for f in range(5)]
+    qlr += [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("max_entropy", "paal_ap_only", "full") for f in range(3)]
+    alone = _status(qlr[:10], PAGES["acdc-qlr"][1])[0]  # PAAL and random alone: partial
+    assert alone.startswith("**Status: partial.**") and "max_entropy 3, full 3" in alone
     qlr += [RunRef(Path(f"/q/v{f}"), APVAL, f"fold={f}") for f in range(3)]
     assert _status(qlr, PAGES["acdc-qlr"][1])[0].startswith("**Status: complete**")
     assert "paal, ap_target validation 2" in _status(qlr[:-1], PAGES["acdc-qlr"][1])[0]
