@@ -8,7 +8,7 @@ well the AP predicted, how long queries took. Read from finished run folders onl
 - ``ap_consistency``: predicted against actual per-slice Dice on the unlabelled pool at a round,
   with Pearson r (the paper's Figure 1; from ``rounds/NNN/ap_health.parquet``).
 - ``query_seconds``: wall time of each query (the paper's Table 3: reading, inference, KMeans and
-  selection; training excluded).
+  selection; training excluded); ``query_timings`` splits it into scoring, clustering and selection.
 """
 
 from __future__ import annotations
@@ -99,6 +99,22 @@ def ap_consistency(root: str | Path, round_index: int | None = None) -> dict | N
 def query_seconds(root: str | Path) -> list[float]:
     return [float(m["query_s"]) for m in read_jsonl(RunPaths(Path(root)).metrics)
             if m.get("kind") == "round" and m.get("query_s") is not None]
+
+
+TIMING_PARTS = ("scoring_s", "clustering_s", "selection_s")
+
+
+def query_timings(root: str | Path) -> list[dict[str, float]]:
+    """Each query's time split as the query engine measured it (rounds/NNN/query.json ``timings``):
+    scoring (the model passes over the unlabelled pool), clustering (KMeans) and selection, with
+    the total. Rounds without a record are left out."""
+    out = []
+    for d in sorted((Path(root) / "rounds").glob("[0-9][0-9][0-9]")):
+        q = d / "query.json"
+        timings = (json.loads(q.read_text()).get("timings") or {}) if q.is_file() else {}
+        if "total_s" in timings:
+            out.append({k: float(timings.get(k, 0.0)) for k in ("total_s", *TIMING_PARTS)})
+    return out
 
 
 def by_setting(pairs: list[tuple[str, float]]) -> dict[str, list[float]]:

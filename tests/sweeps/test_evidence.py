@@ -75,6 +75,34 @@ def test_query_seconds_come_from_the_round_records(blob_pool, tmp_path):
     assert query_seconds(tmp_path / "r") == [0.01, 0.01]
 
 
+def test_the_query_time_table_splits_each_query_into_scoring_clustering_and_selection(tmp_path):
+    """The parts come from each round's query.json (the engine's timings); runs recorded before
+    the split show their total alone."""
+    import json
+
+    from paal_ray.sweeps.evidence import query_timings
+    from paal_ray.sweeps.evidence_report import RunRef, query_time_table
+
+    def query(root: Path, r: int, **t: float) -> None:
+        d = RunPaths(root).round_dir(r)
+        d.mkdir(parents=True)
+        (d / "query.json").write_text(json.dumps({"slice_ids": [], "timings": t}))
+
+    for r, (sc, cl) in enumerate([(10.0, 2.0), (20.0, 4.0)]):
+        query(tmp_path / "paal", r, scoring_s=sc, clustering_s=cl, selection_s=0.002, total_s=sc + cl + 0.002)
+    (RunPaths(tmp_path / "paal").round_dir(2)).mkdir()  # a round whose query has not run: left out
+    assert [t["scoring_s"] for t in query_timings(tmp_path / "paal")] == [10.0, 20.0]
+    older = tmp_path / "older"
+    older.mkdir()
+    RunPaths(older).metrics.write_text(json.dumps({"kind": "round", "round": 0, "query_s": 3.0}) + "\n")
+    rows = query_time_table([RunRef(tmp_path / "paal", "paal", "fold=0"), RunRef(older, "random", "fold=0")])
+    assert rows[0] == "| setting | query time per round, s | scoring | clustering (KMeans) | selection |"
+    paal = next(r for r in rows if r.startswith("| paal |")).split(" | ")
+    assert paal[1].startswith("18.0 ± 8.5") and paal[2].startswith("15.0 ± 7.1") and paal[3].startswith("3.0 ± 1.4")
+    assert paal[4].startswith("0.002")
+    assert next(r for r in rows if r.startswith("| random |")).endswith(" | - | - | - |")
+
+
 def test_evidence_report_puts_validation_and_test_side_by_side_with_paired_wins(blob_pool, tmp_path):
     from paal_ray.atomic import append_jsonl
     from paal_ray.sweeps.evidence_report import RunRef, evidence_markdown, evidence_png
