@@ -400,3 +400,36 @@ def test_archived_runs_keep_the_evidence_without_the_weights_and_give_the_same_p
     bad.write_text('{"run": "x"}\n')
     res = subprocess.run([*cmd[:-1], str(bad)], capture_output=True, text=True, cwd=repo)
     assert res.returncode != 0 and f"{bad}:1: not a jobs/final_noise.py record" in res.stderr
+
+
+def test_selection_positions_counts_queried_slices_at_the_volume_ends_and_what_the_ap_predicted(blob_pool, tmp_path):
+    """jobs/selection_positions.py: per strategy, the share of queried slices at a volume's first or
+    last slice (the blob pool: 8 slices a case, so 2 of 8 in the pool), and the AP's predicted and
+    the actual foreground Dice on them against the round's unlabelled pool."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    ids = Pool.open(blob_pool).slice_ids()
+    run = tmp_path / "sweep" / "fold-0_name-paal"
+    d = RunPaths(run).round_dir(0)
+    d.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"phase": "done", "strategy": "paal"}))
+    (run / "split.json").write_text(json.dumps({"train_ids": ids}))
+    chosen = ["case000/0000", "case001/0007", "case002/0003"]  # two at an end, one in the middle
+    pq.write_table(pa.table({"slice_id": chosen, "rank": [0, 1, 2]}), d / "selection.parquet")
+    unlabelled = chosen + ["case003/0003"]
+    pred = [[1.0, 0.2, 0.4], [1.0, 0.1, 0.1], [1.0, 0.3, 0.3], [1.0, 0.9, 0.9]]  # foreground means .3 .1 .3 .9
+    true = [[1.0, 0.0, 0.2], [1.0, 0.2, 0.2], [1.0, 0.1, 0.1], [1.0, 0.7, 0.7]]  # .1 .2 .1 .7
+    pq.write_table(pa.table({"slice_id": unlabelled, "pred_acc": pred, "true_dice": true}), d / "ap_health.parquet")
+    (tmp_path / "sweep" / "unfinished").mkdir()  # no state.json: not a finished run, ignored
+    res = subprocess.run([sys.executable, str(repo / "jobs/selection_positions.py"), str(tmp_path / "sweep"),
+                          "--pool", str(blob_pool)], capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    paal = next(line for line in res.stdout.splitlines() if line.startswith("| paal |"))
+    assert paal == "| paal | 3 | 66.7% | 0.0% | 0.233 | 0.133 | 0.400 / 0.275 |"
+    assert "| *training pool* | 48 | 25.0% | 2.1% | - | - | - |" in res.stdout  # one blob slice is empty
+    bad = subprocess.run([sys.executable, str(repo / "jobs/selection_positions.py"), str(tmp_path / "sweep"),
+                          "--pool", str(tmp_path / "nopool")], capture_output=True, text=True, cwd=repo)
+    assert bad.returncode != 0 and f"--pool {tmp_path / 'nopool'}" in bad.stderr

@@ -1,0 +1,120 @@
+"""Where in the heart a strategy's queried slices lie, and what the model knew about them (issue 11,
+item 6: does PAAL's AP pull it to the basal and apical slices?).
+
+    python jobs/selection_positions.py docs/results/runs/acdc-comparison-qlr --pool pools/acdc128
+
+For every finished run of the given sweep folders (workspaces or docs/results/runs), each round's
+queried slices (rounds/NNN/selection.parquet, the initial set excluded) against that round's
+unlabelled pool (rounds/NNN/ap_health.parquet, written when a run logs the AP's Pearson r):
+
+- *ends*: the share lying in the outer slice (``--ends``: slices) of their volume at either end (the
+  apex and the base of a short-axis stack, where structures appear and vanish), against the pool's;
+- *empty*: the share whose label shows no foreground class;
+- *predicted* and *actual*: the AP's predicted and the segmenter's actual mean foreground Dice on
+  the queried slices at the time they were queried, against the unlabelled pool's means.
+
+Prints one table per sweep folder: a row per strategy (its runs pooled), and the pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def volume_positions(slice_ids: list[str], end_slices: int = 1) -> dict[str, bool]:
+    """slice id ('case/0007') -> whether it is among the ``end_slices`` first or last of its volume."""
+    by_volume: dict[str, list[int]] = defaultdict(list)
+    for s in slice_ids:
+        case, idx = s.rsplit("/", 1)
+        by_volume[case].append(int(idx))
+    out = {}
+    for case, idxs in by_volume.items():
+        lo, hi = min(idxs), max(idxs)
+        for i in idxs:
+            out[f"{case}/{i:04d}"] = i - lo < end_slices or hi - i < end_slices
+    return out
+
+
+def _fg_mean(col) -> np.ndarray:
+    a = np.asarray(col.to_pylist(), dtype=float)
+    return a[:, 1:].mean(axis=1) if a.ndim == 2 and a.shape[1] > 1 else np.full(len(a), np.nan)
+
+
+def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, list] | None:
+    """The queried slices of one run, round by round, with what the round's unlabelled pool held."""
+    out: dict[str, list] = defaultdict(list)
+    for d in sorted((run / "rounds").glob("[0-9][0-9][0-9]")):
+        sel, health = d / "selection.parquet", d / "ap_health.parquet"
+        if not (sel.is_file() and health.is_file()):
+            continue
+        chosen = pq.read_table(sel, columns=["slice_id"]).column("slice_id").to_pylist()
+        h = pq.read_table(health)
+        ids = h.column("slice_id").to_pylist()
+        pred, true = _fg_mean(h.column("pred_acc")), _fg_mean(h.column("true_dice"))
+        where = {s: i for i, s in enumerate(ids)}
+        picked = [where[s] for s in chosen if s in where]
+        out["ends"] += [at_end[s] for s in chosen]
+        out["empty"] += [s in empty for s in chosen]
+        out["pred"] += list(pred[picked])
+        out["true"] += list(true[picked])
+        out["pool_pred"].append(float(np.nanmean(pred)))
+        out["pool_true"].append(float(np.nanmean(true)))
+    return out if out["ends"] else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("sweeps", nargs="+", type=Path, help="sweep folders holding finished run folders")
+    p.add_argument("--pool", type=Path, required=True, help="the runs' pool (its labels say which slices are empty)")
+    p.add_argument("--ends", type=int, default=1, help="slices at each end of a volume counted as its ends (default 1)")
+    a = p.parse_args(argv)
+    from paal_ray.data.pool import Pool, PoolError
+    from paal_ray.sweeps.evidence import class_presence
+
+    try:
+        pool = Pool.open(a.pool)
+    except (PoolError, OSError) as e:
+        raise SystemExit(f"--pool {a.pool}: {e}") from e
+    ids = pool.slice_ids()
+    at_end = volume_positions(ids, a.ends)
+    empty = {s for s, shows in zip(ids, class_presence(pool, ids), strict=True) if not shows[1:].any()}
+    for sweep in a.sweeps:
+        if not sweep.is_dir():
+            raise SystemExit(f"{sweep}: no such folder")
+        by_strategy: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        train_ids: set[str] = set()
+        for run in sorted(d for d in sweep.iterdir() if (d / "state.json").is_file()):
+            state = json.loads((run / "state.json").read_text())
+            if state.get("phase") != "done":
+                continue
+            rows = run_rows(run, at_end, empty)
+            if rows is None:
+                continue
+            for k, v in rows.items():
+                by_strategy[state["strategy"]][k] += v
+            split = json.loads((run / "split.json").read_text())
+            train_ids |= set(split.get("train_ids", []))
+        print(f"\n{sweep} (ends: the {a.ends} outer slice(s) at each end of a volume; Dice: mean foreground)\n")
+        print("| strategy | queried | at the ends | empty | AP's predicted Dice | actual Dice | "
+              "unlabelled pool: predicted / actual |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in sorted(by_strategy.items()):
+            print(f"| {name} | {len(r['ends'])} | {np.mean(r['ends']):.1%} | {np.mean(r['empty']):.1%} | "
+                  f"{np.nanmean(r['pred']):.3f} | {np.nanmean(r['true']):.3f} | "
+                  f"{np.mean(r['pool_pred']):.3f} / {np.mean(r['pool_true']):.3f} |")
+        ref = sorted(train_ids) or ids
+        print(f"| *training pool* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
+              f"{np.mean([s in empty for s in ref]):.1%} | - | - | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
