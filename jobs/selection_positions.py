@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{np.nanmean(r['pred']):.3f} | {np.nanmean(r['true']):.3f} | "
                   f"{np.mean(r['pool_pred']):.3f} / {np.mean(r['pool_true']):.3f} |")
         ref = sorted(train_ids) or ids
-        print(f"| *training pool* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
+        print(f"| *training pools (union) of these runs* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
               f"{np.mean([s in empty for s in ref]):.1%} | - | - | - |")
     return 0
 

@@ -429,7 +429,7 @@ def test_selection_positions_counts_queried_slices_at_the_volume_ends_and_what_t
     assert res.returncode == 0, res.stderr
     paal = next(line for line in res.stdout.splitlines() if line.startswith("| paal |"))
     assert paal == "| paal | 3 | 66.7% | 0.0% | 0.233 | 0.133 | 0.400 / 0.275 |"
-    assert "| *training pool* | 48 | 25.0% | 2.1% | - | - | - |" in res.stdout  # one blob slice is empty
+    assert "| *training pools (union) of these runs* | 48 | 25.0% | 2.1% | - | - | - |" in res.stdout  # one blob slice is empty
     bad = subprocess.run([sys.executable, str(repo / "jobs/selection_positions.py"), str(tmp_path / "sweep"),
                           "--pool", str(tmp_path / "nopool")], capture_output=True, text=True, cwd=repo)
     assert bad.returncode != 0 and f"--pool {tmp_path / 'nopool'}" in bad.stderr
