@@ -88,9 +88,16 @@ def worker_env() -> dict[str, str]:
     - Ray Train's preemption watcher (an actor per round) is created with its arguments in the
       object store and restarts allowed, and Ray prints a core_worker.cc error line about that
       every round. Off: a preempted node then counts as one of ``scaling.max_failures``.
+    - Ray Train's controller polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by
+      default) and takes one report a poll, and a worker blocks on its second unread report: we
+      report every epoch, so epochs shorter than the interval ran one per 2 s (the paper's epochs at
+      10% of a pool are one or two batches; on a GPU, a fraction of a second). At 0.1 s a tiny
+      epoch cost 0.24 s where it cost 1.94 s, and a round's start and end 12.9 s where 20.0 s
+      (`jobs/bench_round_overhead.py`, docs/BENCHMARKS.md).
     """
     return {key: os.environ.get(key, default) for key, default in
-            (("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))}
+            (("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+             ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"))}
 
 
 def setup_worker() -> None:
