@@ -115,12 +115,12 @@ PROTOCOL = """\
 PLANNED_FOLDS = {"paal": 5, "random": 5, "paal_ap_only": 3, "max_entropy": 3, "full": 3}
 
 QLR_PROTOCOL = """\
-- **This page's change: the query rounds train at a peak lr of 1e-2** (`train.lr=0.01`,
-  jobs/sweeps/acdc-comparison-qlr.yaml: PAAL and random, folds 0-2; acdc-comparison-qlr-more.yaml: folds
-  3-4; acdc-ablation-qlr.yaml: max-entropy and PAAL (AP only), folds 0-2), everything else as below. At the paper's 1e-3 (acdc.md)
-  this light model, from scratch on the 5% initial set, stays on a plateau where it segments the
-  myocardium only, so every strategy selects with a model that misses two of three structures and
-  PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of each
+- **This page's change: the query rounds train at a peak lr of 1e-2** (`train.lr=0.01`;
+  jobs/sweeps/acdc-comparison-qlr.yaml: PAAL and random, folds 0-2; acdc-comparison-qlr-more.yaml:
+  folds 3-4; acdc-ablation-qlr.yaml: max-entropy and PAAL (AP only), folds 0-2), everything else as
+  below. At the paper's 1e-3 (acdc.md) this light model, from scratch on the 5% initial set, stays
+  on a plateau where it segments the myocardium only, so every strategy selects with a model that
+  misses two of three structures and PAAL's accuracy predictor has little to predict (Pearson r <= 0.18 in fold 0). Round 0 of each
   fold trained on its own: fold 0 at 1e-3 and 3e-3 still 0.20-0.21 validation Dice at epoch 30; 3e-3
   finds all three structures by epoch 18 in folds 1-2 only, 1e-2 by epoch 15-18 in all three folds
   (0.46-0.59; acdc-observations.md). A change beyond the paper, made so that selections are made
