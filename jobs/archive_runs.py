@@ -61,7 +61,8 @@ def _evidence_files(run: Path) -> list[Path]:
 def archive_run(run: Path, dest: Path) -> int:
     """Copy ``run``'s evidence to ``dest`` through a temporary folder; returns the bytes copied."""
     files = _evidence_files(run)
-    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    # Hidden names: a reader of the archive (collect) skips them if a copy is interrupted.
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     size = 0
     for rel in files:
