@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         dest = a.out / sweep.name
         dest.mkdir(parents=True, exist_ok=True)
         runs = sorted(d for d in sweep.iterdir() if d.is_dir() and (d / "config.yaml").is_file())
-        waiting = [d.name for d in runs if not _finished(d)]
-        done = [d for d in runs if _finished(d)]
+        finished = {d: _finished(d) for d in runs}  # one read of each state.json
+        waiting = [d.name for d in runs if not finished[d]]
+        done = [d for d in runs if finished[d]]
         for name in SWEEP_FILES:
             if (sweep / name).is_file():
                 shutil.copy2(sweep / name, dest / name)
