@@ -12,7 +12,7 @@ Dice (mean foreground and per class) every ``--every`` epochs, one JSON line per
 (``train.channels_last=true`` for runs made before that field existed: they trained channels-last.)
 
 Session 10 used it (as /work/exp/lr_probe2.py, the same training) to choose the query-phase lr of
-jobs/sweeps/acdc-comparison-qlr.yaml (docs/results/acdc-observations.md).
+jobs/sweeps/acdc-comparison-qlr.yaml (docs/results/acdc-paper-lr-observations.md).
 """
 
 from __future__ import annotations

@@ -250,7 +250,8 @@ def test_the_headline_ranks_seed_means_pairs_paal_with_each_baseline_and_shows_t
 
 def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_planned_folds():
     """PAAL and random have folds 0-4, the ablation 0-2: PAAL minus max-entropy pairs folds 0-2 only;
-    the status is complete only when every method has its own planned number of folds."""
+    the status is complete only when every method has its own planned number of folds, and says when
+    the required folds are in and only the planned extras are missing."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
@@ -268,19 +269,22 @@ def test_the_page_pairs_methods_on_their_common_folds_and_knows_each_methods_pla
     assert next(line for line in md.splitlines() if line.startswith("| random | fold=")).count("+0.0500") == 5  # test Dice on folds 0-4
 
     full = refs + [RunRef(Path(f"/w/{s}{f}"), s, f"fold={f}") for s in ("paal_ap_only", "full") for f in range(3)]
-    assert PLANNED_FOLDS["paal"] == 5 and _status(full)[0].startswith("**Status: complete**")
-    partial = _status([r for r in full if r.replicate != "fold=4"])[0]
-    assert partial.startswith("**Status: partial.**") and "paal 4" in partial and "paal 5" in partial
-    # the acdc-qlr page plans 5 folds of PAAL and random, 3 of the ablation, full data and the
-    # AP-on-validation variant
-    qlr = [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("paal", "random") for f in range(5)]
-    qlr += [RunRef(Path(f"/q/{s}{f}"), s, f"fold={f}") for s in ("max_entropy", "paal_ap_only", "full") for f in range(3)]
-    alone = _status(qlr[:10], PAGES["acdc-qlr"][1])[0]  # PAAL and random alone: partial
+    page, paper = PAGES["acdc"], PAGES["acdc-paper-lr"]
+    assert PLANNED_FOLDS["paal"] == 5 and _status(full, paper[1], paper[2])[0].startswith("**Status: complete**")
+    # issue 11's page requires 3 folds of each method and full data, and plans folds 3-4 of PAAL and
+    # random and the AP-on-validation variant beyond them
+    three = [r for r in full if r.replicate not in ("fold=3", "fold=4")]
+    required = _status(three, page[1], page[2])[0]
+    assert required.startswith("**Status: the required comparison is complete**")
+    assert "paal 3 of 5, random 3 of 5, paal, ap_target validation 0 of 3" in required
+    short = _status([r for r in three if r.root.name != "max_entropy2"], page[1], page[2])[0]
+    assert short.startswith("**Status: partial.**") and "max_entropy 2" in short and "max_entropy 3" in short
+    alone = _status(full[:10], page[1], page[2])[0]  # PAAL and random alone: partial
     assert alone.startswith("**Status: partial.**") and "max_entropy 3, full 3" in alone
-    qlr += [RunRef(Path(f"/q/v{f}"), APVAL, f"fold={f}") for f in range(3)]
-    assert _status(qlr, PAGES["acdc-qlr"][1])[0].startswith("**Status: complete**")
-    assert "paal, ap_target validation 2" in _status(qlr[:-1], PAGES["acdc-qlr"][1])[0]
-    assert "random 4" in _status([r for r in qlr if r.root.name != "random4"], PAGES["acdc-qlr"][1])[0]
+    full += [RunRef(Path(f"/q/v{f}"), APVAL, f"fold={f}") for f in range(3)]
+    assert _status(full, page[1], page[2])[0].startswith("**Status: complete**")
+    assert "paal, ap_target validation 2 of 3" in _status(full[:-1], page[1], page[2])[0]
+    assert "random 4 of 5" in _status([r for r in full if r.root.name != "random4"], page[1], page[2])[0]
 
 
 def test_while_retraining_goes_on_every_set_is_ranked_on_the_seeds_all_have():
