@@ -11,7 +11,10 @@ unlabelled pool (rounds/NNN/ap_health.parquet, written when a run logs the AP's 
   apex and the base of a short-axis stack, where structures appear and vanish), against the pool's;
 - *empty*: the share whose label shows no foreground class;
 - *predicted* and *actual*: the AP's predicted and the segmenter's actual mean foreground Dice on
-  the queried slices at the time they were queried, against the unlabelled pool's means.
+  the queried slices at the time they were queried, against the unlabelled pool's means;
+- the criterion itself: as many slices a round taken by the lowest actual Dice (an oracle that
+  knows the labels: where a perfect AP would point) and by the highest polling weight (the AP alone),
+  their ends and empty shares, and how many of the strategy's picks each would have made too.
 
 Prints one table per sweep folder: a row per strategy (its runs pooled), and the pool.
 """
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from paal_ray.query.polling import polling_weights
 
 
 def volume_positions(slice_ids: list[str], end_slices: int = 1) -> dict[str, bool]:
@@ -64,6 +69,18 @@ def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, l
         out["empty"] += [s in empty for s in chosen]
         out["pred"] += list(pred[picked])
         out["true"] += list(true[picked])
+        # The same number of slices chosen by the criterion itself: the lowest actual Dice (an oracle
+        # that knows the labels) and the highest polling weight (the AP alone, no clusters: PAAL (AP
+        # only)'s choice, from the same model's predictions).
+        k = len(picked)
+        oracle = np.argsort(np.nan_to_num(true, nan=np.inf), kind="stable")[:k]
+        weight = polling_weights(np.asarray(h.column("pred_acc").to_pylist(), dtype=np.float32))
+        lowest = np.lexsort((np.arange(len(weight)), -weight))[:k]
+        out["in_oracle"] += [i in set(oracle.tolist()) for i in picked]
+        out["in_lowest"] += [i in set(lowest.tolist()) for i in picked]
+        for name, idx in (("oracle", oracle), ("lowest", lowest)):
+            out[f"{name}_ends"] += [at_end[ids[i]] for i in idx]
+            out[f"{name}_empty"] += [ids[i] in empty for i in idx]
         out["pool_pred"].append(float(np.nanmean(pred)))
         out["pool_true"].append(float(np.nanmean(true)))
     return out if out["ends"] else None
@@ -113,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         ref = sorted(train_ids) or ids
         print(f"| *training pools (union) of these runs* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
               f"{np.mean([s in empty for s in ref]):.1%} | - | - | - |")
+        print("\nThe criterion against the strategy: each round, as many slices as it queried, taken by the lowest "
+              "actual Dice (an oracle that knows the labels) and by the highest polling weight mean_j -log p_ij "
+              "(the AP alone, no clusters: PAAL (AP only)'s rule).\n")
+        print("| strategy | its picks among the oracle's | oracle's: at the ends | oracle's: empty | "
+              "its picks among the top weights | top weights: at the ends | top weights: empty |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in sorted(by_strategy.items()):
+            print(f"| {name} | {np.mean(r['in_oracle']):.1%} | {np.mean(r['oracle_ends']):.1%} | "
+                  f"{np.mean(r['oracle_empty']):.1%} | {np.mean(r['in_lowest']):.1%} | {np.mean(r['lowest_ends']):.1%} | "
+                  f"{np.mean(r['lowest_empty']):.1%} |")
     return 0
 
 

@@ -423,16 +423,20 @@ def test_selection_positions_counts_queried_slices_at_the_volume_ends_and_what_t
     (run / "split.json").write_text(json.dumps({"train_ids": ids}))
     chosen = ["case000/0000", "case001/0007", "case002/0003"]  # two at an end, one in the middle
     pq.write_table(pa.table({"slice_id": chosen, "rank": [0, 1, 2]}), d / "selection.parquet")
-    unlabelled = chosen + ["case003/0003"]
-    pred = [[1.0, 0.2, 0.4], [1.0, 0.1, 0.1], [1.0, 0.3, 0.3], [1.0, 0.9, 0.9]]  # foreground means .3 .1 .3 .9
-    true = [[1.0, 0.0, 0.2], [1.0, 0.2, 0.2], [1.0, 0.1, 0.1], [1.0, 0.7, 0.7]]  # .1 .2 .1 .7
+    unlabelled = chosen + ["case003/0003", "case003/0000"]
+    pred = [[1.0, 0.2, 0.4], [1.0, 0.1, 0.1], [1.0, 0.3, 0.3], [1.0, 0.9, 0.9], [1.0, 0.5, 0.5]]  # .3 .1 .3 .9 .5
+    true = [[1.0, 0.0, 0.2], [1.0, 0.2, 0.2], [1.0, 0.1, 0.1], [1.0, 0.7, 0.7], [1.0, 0.0, 0.1]]  # .1 .2 .1 .7 .05
     pq.write_table(pa.table({"slice_id": unlabelled, "pred_acc": pred, "true_dice": true}), d / "ap_health.parquet")
     (tmp_path / "sweep" / "unfinished").mkdir()  # no state.json: not a finished run, ignored
     res = subprocess.run([sys.executable, str(repo / "jobs/selection_positions.py"), str(tmp_path / "sweep"),
                           "--pool", str(blob_pool)], capture_output=True, text=True, cwd=repo)
     assert res.returncode == 0, res.stderr
     paal = next(line for line in res.stdout.splitlines() if line.startswith("| paal |"))
-    assert paal == "| paal | 3 | 66.7% | 0.0% | 0.233 | 0.133 | 0.400 / 0.275 |"
+    assert paal == "| paal | 3 | 66.7% | 0.0% | 0.233 | 0.133 | 0.420 / 0.230 |"
+    # the oracle (lowest actual Dice) takes case003/0000, case000/0000, case002/0003: two of PAAL's
+    # three; the top polling weights (mean -log p over all classes) take PAAL's own three
+    criterion = [line for line in res.stdout.splitlines() if line.startswith("| paal |")][1]
+    assert criterion == "| paal | 66.7% | 66.7% | 0.0% | 100.0% | 66.7% | 0.0% |"
     assert "| *training pools (union) of these runs* | 48 | 25.0% | 2.1% | - | - | - |" in res.stdout  # one blob slice is empty
     bad = subprocess.run([sys.executable, str(repo / "jobs/selection_positions.py"), str(tmp_path / "sweep"),
                           "--pool", str(tmp_path / "nopool")], capture_output=True, text=True, cwd=repo)
