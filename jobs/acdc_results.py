@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 from archive_runs import run_key  # jobs/, this script's folder, is on sys.path
 from final_noise import variant as retrain_variant
+from selection_positions import position_tables
 
 from paal_ray.atomic import atomic_write_bytes, atomic_write_text, read_jsonl
 from paal_ray.data.pool import Pool
@@ -422,6 +423,12 @@ def main() -> None:
             header += every
     header += table2
     noise = _final_noise(recs, done)
+    # Where the queried slices lie and what the criterion itself would pick (issue 11 item 6).
+    groups = {s: [r.root for r in done if r.setting == s] for s in ORDER if s != "full"}
+    positions = position_tables({s: rs for s, rs in groups.items() if rs}, pool)
+    if positions:
+        body += "\n".join(["", "## What each strategy queries, and what its criterion would (`jobs/selection_positions.py`)",
+                           "", *positions, ""])
     if noise:
         body += "\n" + "\n".join(noise)
     notes = ["", "## Observations (written by hand, not generated)", "", args.observations.read_text()] \

@@ -86,6 +86,49 @@ def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, l
     return out if out["ends"] else None
 
 
+def position_tables(groups: dict[str, list[Path]], pool, ends: int = 1) -> list[str]:
+    """Markdown lines: the two tables for finished runs grouped by label (label -> run folders)."""
+    from paal_ray.sweeps.evidence import class_presence
+
+    ids = pool.slice_ids()
+    at_end = volume_positions(ids, ends)
+    empty = {s for s, shows in zip(ids, class_presence(pool, ids), strict=True) if not shows[1:].any()}
+    by_label: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    train_ids: set[str] = set()
+    for label, runs in groups.items():
+        for run in runs:
+            rows = run_rows(run, at_end, empty)
+            if rows is None:
+                continue
+            for k, v in rows.items():
+                by_label[label][k] += v
+            train_ids |= set(json.loads((run / "split.json").read_text()).get("train_ids", []))
+    if not by_label:
+        return []
+    lines = [f"Ends: the {ends} outer slice(s) at each end of a volume (the apex and the base); Dice: mean "
+             "foreground, at the time of the query.", "",
+             "| strategy | queried | at the ends | empty | AP's predicted Dice | actual Dice | "
+             "unlabelled pool: predicted / actual |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in by_label.items():
+        lines.append(f"| {name} | {len(r['ends'])} | {np.mean(r['ends']):.1%} | {np.mean(r['empty']):.1%} | "
+                     f"{np.nanmean(r['pred']):.3f} | {np.nanmean(r['true']):.3f} | "
+                     f"{np.mean(r['pool_pred']):.3f} / {np.mean(r['pool_true']):.3f} |")
+    ref = sorted(train_ids) or ids
+    lines += [f"| *training pools (union) of these runs* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
+              f"{np.mean([s in empty for s in ref]):.1%} | - | - | - |", "",
+              "The criterion against the strategy: each round, as many slices as it queried, taken by the lowest "
+              "actual Dice (an oracle that knows the labels: where a perfect AP would point) and by the highest "
+              "polling weight mean_j -log p_ij (the AP alone, no clusters: PAAL (AP only)'s rule).", "",
+              "| strategy | its picks among the oracle's | oracle's: at the ends | oracle's: empty | "
+              "its picks among the top weights | top weights: at the ends | top weights: empty |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in by_label.items():
+        lines.append(f"| {name} | {np.mean(r['in_oracle']):.1%} | {np.mean(r['oracle_ends']):.1%} | "
+                     f"{np.mean(r['oracle_empty']):.1%} | {np.mean(r['in_lowest']):.1%} | "
+                     f"{np.mean(r['lowest_ends']):.1%} | {np.mean(r['lowest_empty']):.1%} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -94,52 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ends", type=int, default=1, help="slices at each end of a volume counted as its ends (default 1)")
     a = p.parse_args(argv)
     from paal_ray.data.pool import Pool, PoolError
-    from paal_ray.sweeps.evidence import class_presence
 
     try:
         pool = Pool.open(a.pool)
     except (PoolError, OSError) as e:
         raise SystemExit(f"--pool {a.pool}: {e}") from e
-    ids = pool.slice_ids()
-    at_end = volume_positions(ids, a.ends)
-    empty = {s for s, shows in zip(ids, class_presence(pool, ids), strict=True) if not shows[1:].any()}
     for sweep in a.sweeps:
         if not sweep.is_dir():
             raise SystemExit(f"{sweep}: no such folder")
-        by_strategy: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-        train_ids: set[str] = set()
+        groups: dict[str, list[Path]] = defaultdict(list)
         for run in sorted(d for d in sweep.iterdir() if (d / "state.json").is_file()):
             state = json.loads((run / "state.json").read_text())
-            if state.get("phase") != "done":
-                continue
-            rows = run_rows(run, at_end, empty)
-            if rows is None:
-                continue
-            for k, v in rows.items():
-                by_strategy[state["strategy"]][k] += v
-            split = json.loads((run / "split.json").read_text())
-            train_ids |= set(split.get("train_ids", []))
-        print(f"\n{sweep} (ends: the {a.ends} outer slice(s) at each end of a volume; Dice: mean foreground)\n")
-        print("| strategy | queried | at the ends | empty | AP's predicted Dice | actual Dice | "
-              "unlabelled pool: predicted / actual |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for name, r in sorted(by_strategy.items()):
-            print(f"| {name} | {len(r['ends'])} | {np.mean(r['ends']):.1%} | {np.mean(r['empty']):.1%} | "
-                  f"{np.nanmean(r['pred']):.3f} | {np.nanmean(r['true']):.3f} | "
-                  f"{np.mean(r['pool_pred']):.3f} / {np.mean(r['pool_true']):.3f} |")
-        ref = sorted(train_ids) or ids
-        print(f"| *training pools (union) of these runs* | {len(ref)} | {np.mean([at_end[s] for s in ref]):.1%} | "
-              f"{np.mean([s in empty for s in ref]):.1%} | - | - | - |")
-        print("\nThe criterion against the strategy: each round, as many slices as it queried, taken by the lowest "
-              "actual Dice (an oracle that knows the labels) and by the highest polling weight mean_j -log p_ij "
-              "(the AP alone, no clusters: PAAL (AP only)'s rule).\n")
-        print("| strategy | its picks among the oracle's | oracle's: at the ends | oracle's: empty | "
-              "its picks among the top weights | top weights: at the ends | top weights: empty |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for name, r in sorted(by_strategy.items()):
-            print(f"| {name} | {np.mean(r['in_oracle']):.1%} | {np.mean(r['oracle_ends']):.1%} | "
-                  f"{np.mean(r['oracle_empty']):.1%} | {np.mean(r['in_lowest']):.1%} | {np.mean(r['lowest_ends']):.1%} | "
-                  f"{np.mean(r['lowest_empty']):.1%} |")
+            if state.get("phase") == "done":
+                groups[state["strategy"]].append(run)
+        print(f"\n{sweep}\n")
+        print("\n".join(position_tables(dict(sorted(groups.items())), pool, a.ends)))
     return 0
 
 

@@ -140,10 +140,19 @@ def test_paal_report_and_the_acdc_page_carry_the_evidence(blob_pool, tmp_path):
     assert "## Validation and held-out test Dice" in md and "| full |" in md and (runs / "evidence.png").is_file()
     assert "## Paired differences against random" in md and "0 of 1 |" in md
     repo = Path(__file__).resolve().parents[2]
+    # PAAL's rounds as a run that logs the AP's health writes them: its picks lowest in predicted Dice
+    unlabelled = [s for s in Pool.open(blob_pool).slice_ids() if s.endswith(("/0003", "/0004"))]
+    for d in sorted((runs / "paal" / "rounds").glob("[0-9][0-9][0-9]")):
+        picked = pq.read_table(d / "selection.parquet").column("slice_id").to_pylist()
+        ids = picked + [s for s in unlabelled if s not in picked]
+        pred = [[1.0, 0.1, 0.1] if s in picked else [1.0, 0.9, 0.9] for s in ids]
+        pq.write_table(pa.table({"slice_id": ids, "pred_acc": pred, "true_dice": pred}), d / "ap_health.parquet")
     out = subprocess.run([sys.executable, str(repo / "jobs/acdc_results.py"), str(runs), "--out", str(tmp_path / "docs")],
                          capture_output=True, text=True, cwd=repo)
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "docs" / "acdc.md").read_text()
+    picks = page[page.index("## What each strategy queries"):]
+    assert "| paal | 100.0% | " in picks and "| random |" not in picks  # the oracle takes PAAL's picks; random logs none
     assert "| full | 32 | 84.0 ± 0.0 (1) |" in page  # the fakes: Dice 0.2 + 0.02 x labelled
     assert "| paal | 15 |" in page and "70.0 ± 0.0 (1) | 60.0 ± 0.0 (1) | 3.0 ± 0.0 (1) |" in page
     assert (tmp_path / "docs" / "acdc-curves.png").is_file() and (tmp_path / "docs" / "acdc-evidence.png").is_file()
