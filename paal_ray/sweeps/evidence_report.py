@@ -205,7 +205,10 @@ def evidence_png(refs: list[RunRef], class_names: list[str]) -> bytes:
     ax2.set_xticks(x + width * (len(bars) - 1) / 2, names)
     ax2.set_ylabel("% of slices showing it")
     ax2.set_title("annotation distribution (queried slices)")
-    ax2.legend(fontsize=7)
+    # Headroom above 100% for the legend, so that it never covers a bar however many settings there are.
+    ax2.set_ylim(0, 100 + 8 * (1 + (len(bars) + 2) // 3))
+    ax2.set_yticks(range(0, 101, 20))
+    ax2.legend(fontsize=7, loc="upper center", ncol=3, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
