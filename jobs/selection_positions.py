@@ -76,8 +76,9 @@ def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, l
         oracle = np.argsort(np.nan_to_num(true, nan=np.inf), kind="stable")[:k]
         weight = polling_weights(np.asarray(h.column("pred_acc").to_pylist(), dtype=np.float32))
         lowest = np.lexsort((np.arange(len(weight)), -weight))[:k]
-        out["in_oracle"] += [i in set(oracle.tolist()) for i in picked]
-        out["in_lowest"] += [i in set(lowest.tolist()) for i in picked]
+        in_oracle, in_lowest = set(oracle.tolist()), set(lowest.tolist())
+        out["in_oracle"] += [i in in_oracle for i in picked]
+        out["in_lowest"] += [i in in_lowest for i in picked]
         for name, idx in (("oracle", oracle), ("lowest", lowest)):
             out[f"{name}_ends"] += [at_end[ids[i]] for i in idx]
             out[f"{name}_empty"] += [ids[i] in empty for i in idx]
