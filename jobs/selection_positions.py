@@ -47,8 +47,7 @@ def volume_positions(slice_ids: list[str], end_slices: int = 1) -> dict[str, boo
     return out
 
 
-def _fg_mean(col) -> np.ndarray:
-    a = np.asarray(col.to_pylist(), dtype=float)
+def _fg_mean(a: np.ndarray) -> np.ndarray:
     return a[:, 1:].mean(axis=1) if a.ndim == 2 and a.shape[1] > 1 else np.full(len(a), np.nan)
 
 
@@ -62,7 +61,8 @@ def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, l
         chosen = pq.read_table(sel, columns=["slice_id"]).column("slice_id").to_pylist()
         h = pq.read_table(health)
         ids = h.column("slice_id").to_pylist()
-        pred, true = _fg_mean(h.column("pred_acc")), _fg_mean(h.column("true_dice"))
+        pred_acc = np.asarray(h.column("pred_acc").to_pylist(), dtype=np.float32)  # [N, C], read once
+        pred, true = _fg_mean(pred_acc), _fg_mean(np.asarray(h.column("true_dice").to_pylist(), dtype=float))
         where = {s: i for i, s in enumerate(ids)}
         picked = [where[s] for s in chosen if s in where]
         out["ends"] += [at_end[s] for s in chosen]
@@ -74,7 +74,7 @@ def run_rows(run: Path, at_end: dict[str, bool], empty: set[str]) -> dict[str, l
         # only)'s choice, from the same model's predictions).
         k = len(picked)
         oracle = np.argsort(np.nan_to_num(true, nan=np.inf), kind="stable")[:k]
-        weight = polling_weights(np.asarray(h.column("pred_acc").to_pylist(), dtype=np.float32))
+        weight = polling_weights(pred_acc)
         lowest = np.lexsort((np.arange(len(weight)), -weight))[:k]
         in_oracle, in_lowest = set(oracle.tolist()), set(lowest.tolist())
         out["in_oracle"] += [i in in_oracle for i in picked]
